@@ -1,0 +1,83 @@
+"""Settings, read once from the environment and `.env`; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderType = Literal["openai", "ollama", "local"]
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Empty DATABASE_URL / NATS_URL mean 'use the embedded servers'."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    data_dir: Path = REPO_ROOT / ".data"
+
+    # Embeddings: the column is vector(EMBEDDING_DIMENSIONS) when the initial revision runs.
+    embedding_dimensions: int = Field(default=384, ge=1, le=16000)
+    embedding_provider: ProviderType = "local"
+    embedding_model: str | None = None
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
+    embedding_batch_size: int = Field(default=256, ge=1, le=2048)
+    embedding_max_concurrency: int = Field(default=4, ge=1, le=64)
+    embedding_max_retries: int = Field(default=5, ge=0, le=20)
+    embedding_timeout_seconds: float = Field(default=30.0, gt=0)
+    embedding_max_attempts: int = Field(default=3, ge=1, le=100)
+    query_cache_size: int = Field(default=1024, ge=0)
+
+    # Chat model for knowledge extraction; unset means the offline extractor.
+    chat_model: str | None = None
+    chat_base_url: str | None = None
+    chat_api_key: SecretStr | None = None
+
+    # Secrets at rest: a Fernet key. Unset: one is generated under data_dir/secret.key.
+    secret_key: SecretStr | None = None
+
+    # Pipeline.
+    task_batch_size: int = Field(default=256, ge=1, le=5000)
+    sweeper_interval_seconds: float = Field(default=30.0, gt=0)
+    sweeper_grace_seconds: float = Field(default=60.0, ge=0)
+    worker_max_async_tasks: int = Field(default=4, ge=1, le=256)
+    nats_ack_wait_seconds: float = Field(default=120.0, gt=0)
+
+    # Search.
+    hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
+    hnsw_max_scan_tuples: int = Field(default=20000, ge=1)
+
+    # Vector index build (the add_vector_indexes revision).
+    index_maintenance_work_mem: str = "256MB"
+    index_parallel_workers: int = Field(default=2, ge=0, le=64)
+    index_lock_timeout: str = "10s"
+
+    # API.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
