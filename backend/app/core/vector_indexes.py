@@ -1,0 +1,89 @@
+"""The HNSW indexes the app relies on, and the SQL that tells whether one is as it should be.
+
+The `add_vector_indexes` revision, `tasktracker status` and the tests all read this module, so
+what "a valid index with the right definition" means is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.models.base import HNSW_PARAMS
+
+HNSW_OPCLASS = "vector_cosine_ops"
+HNSW_MIN_VECTOR_VERSION = "0.5.0"
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    name: str
+    table: str
+    column: str = "embedding"
+
+    @property
+    def create_sql(self) -> str:
+        params = ", ".join(f"{key} = {value}" for key, value in HNSW_PARAMS.items())
+        return (
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.name} ON {self.table} "
+            f"USING hnsw ({self.column} {HNSW_OPCLASS}) WITH ({params})"
+        )
+
+    @property
+    def drop_sql(self) -> str:
+        return f"DROP INDEX CONCURRENTLY IF EXISTS {self.name}"
+
+    @property
+    def matches_sql(self) -> str:
+        """A boolean SQL expression over pg_class c / pg_index i / pg_am am: index is right."""
+        options = ", ".join(f"'{key}={value}'" for key, value in HNSW_PARAMS.items())
+        return (
+            f"i.indisvalid AND i.indisready AND am.amname = 'hnsw'"
+            f" AND i.indrelid = '{self.table}'::regclass AND i.indnatts = 1"
+            f" AND i.indkey[0] = (SELECT attnum FROM pg_attribute"
+            f" WHERE attrelid = '{self.table}'::regclass AND attname = '{self.column}')"
+            f" AND (SELECT opcname FROM pg_opclass WHERE oid = i.indclass[0]) = '{HNSW_OPCLASS}'"
+            f" AND c.reloptions @> ARRAY[{options}]"
+            f" AND cardinality(c.reloptions) = {len(HNSW_PARAMS)}"
+            f" AND i.indpred IS NULL"
+        )
+
+    @property
+    def drop_if_wrong_sql(self) -> str:
+        """SELECT yielding a DROP statement when an index of this name exists but is wrong."""
+        return (
+            "SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname) "
+            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
+            f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema() "
+            f"AND NOT ({self.matches_sql})"
+        )
+
+    @property
+    def state_sql(self) -> str:
+        """SELECT exists, valid, ready, right-definition for this index."""
+        return (
+            f"SELECT i.indisvalid, i.indisready, ({self.matches_sql}) AS matches, "
+            "pg_get_indexdef(c.oid) "
+            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
+            f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema()"
+        )
+
+
+VECTOR_INDEXES = (
+    VectorIndex("messages_embedding_hnsw_idx", "messages"),
+    VectorIndex("atoms_embedding_hnsw_idx", "atoms"),
+)
+
+VECTOR_VERSION_CHECK_SQL = f"""
+DO $$
+DECLARE v text := (SELECT extversion FROM pg_extension WHERE extname = 'vector');
+BEGIN
+  IF v IS NULL THEN
+    RAISE EXCEPTION 'the vector extension is not installed; run the initial revision first';
+  END IF;
+  IF string_to_array(v, '.')::int[] < string_to_array('{HNSW_MIN_VECTOR_VERSION}', '.')::int[] THEN
+    RAISE EXCEPTION 'pgvector % has no HNSW indexes (needs >= {HNSW_MIN_VECTOR_VERSION}). Fix: install a newer pgvector and run ALTER EXTENSION vector UPDATE', v;
+  END IF;
+END $$
+"""

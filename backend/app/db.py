@@ -1,0 +1,117 @@
+"""Engine and session factories, and the database preflight that explains what is wrong."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.core.config import Settings, get_settings
+from app.core.endpoints import database_url
+from app.core.errors import ConfigurationError
+from app.core.urls import redact_url
+
+HNSW_MIN_VECTOR_VERSION = (0, 5, 0)
+
+
+def create_engine(
+    url: str | None = None, settings: Settings | None = None, **kwargs: Any
+) -> AsyncEngine:
+    """An async engine on `url` (default: the configured or embedded database)."""
+    settings = settings or get_settings()
+    options: dict[str, Any] = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout_seconds,
+        "pool_pre_ping": True,
+        "connect_args": {"timeout": 10, "command_timeout": 60},
+    }
+    if kwargs.get("poolclass") is not None:
+        for key in ("pool_size", "max_overflow", "pool_timeout"):
+            options.pop(key)
+    options.update(kwargs)
+    return create_async_engine(url or database_url(settings), **options)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep their objects usable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session that commits when the block succeeds and rolls back when it raises."""
+    async with factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+def explain_connection_error(exc: BaseException, url: str) -> str:
+    """One line naming what went wrong connecting to `url`, and the fix."""
+    where = redact_url(url)
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    cause = getattr(cause, "__cause__", None) or cause
+    if isinstance(
+        cause, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        return f"cannot log in to {where}: {cause}. Fix: correct the user/password in DATABASE_URL."
+    if isinstance(cause, asyncpg.InvalidCatalogNameError):
+        return f"database missing at {where}: {cause}. Fix: create it (createdb) or correct DATABASE_URL."
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host of {where}. Fix: correct the host in DATABASE_URL."
+    if isinstance(cause, OSError | TimeoutError | InterfaceError | OperationalError):
+        return (
+            f"cannot reach PostgreSQL at {where} ({type(cause).__name__}: {cause}). "
+            "Fix: start the server or correct DATABASE_URL; unset DATABASE_URL to use the embedded one."
+        )
+    return f"database error at {where}: {type(cause).__name__}: {cause}"
+
+
+async def check_database(engine: AsyncEngine) -> str:
+    """Connect and check pgvector is available (>= 0.5.0 for HNSW); return its version."""
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT coalesce(e.extversion, a.default_version) "
+                        "FROM pg_available_extensions a LEFT JOIN pg_extension e "
+                        "ON e.extname = a.name WHERE a.name = 'vector'"
+                    )
+                )
+            ).first()
+    except (OSError, TimeoutError, DBAPIError, asyncpg.PostgresError) as exc:
+        raise ConfigurationError(explain_connection_error(exc, url)) from exc
+    if row is None or row[0] is None:
+        raise ConfigurationError(
+            f"PostgreSQL at {url} has no pgvector extension. Fix: install pgvector on that server "
+            "(e.g. the pgvector/pgvector image), or unset DATABASE_URL to use the embedded server."
+        )
+    version = str(row[0])
+    if version_tuple(version) < HNSW_MIN_VECTOR_VERSION:
+        raise ConfigurationError(
+            f"pgvector {version} at {url} has no HNSW indexes (needs >= 0.5.0). "
+            "Fix: ALTER EXTENSION vector UPDATE after installing a newer pgvector."
+        )
+    return version
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.8.1' -> (0, 8, 1)."""
+    return tuple(int(part) for part in version.split(".") if part.isdigit())

@@ -1,0 +1,70 @@
+"""Metadata conventions and the columns every embedded entity shares."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import DateTime, Integer, Text, func
+from sqlmodel import Field, SQLModel
+
+from app.core.config import get_settings
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# The SQL expression that hashes the text an entity embeds; the same function is created by
+# the initial revision and used by the generated `content_hash` columns.
+TEXT_HASH_FUNCTION = "tt_text_hash"
+HNSW_PARAMS = {"m": 16, "ef_construction": 64}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def embedding_dimensions() -> int:
+    return get_settings().embedding_dimensions
+
+
+def uuid_pk() -> Any:
+    return Field(default_factory=uuid.uuid4, primary_key=True)
+
+
+def created_at_field() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_type=DateTime(timezone=True),
+        sa_column_kwargs={"server_default": func.now(), "nullable": False},
+    )
+
+
+def updated_at_field() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_type=DateTime(timezone=True),
+        sa_column_kwargs={"server_default": func.now(), "onupdate": utcnow, "nullable": False},
+    )
+
+
+class EmbeddedMixin(SQLModel):
+    """The vector and what tells whether it is current: model, time, text hash, last error."""
+
+    embedding: Any | None = Field(default=None, sa_type=Vector(embedding_dimensions()))
+    embedding_model: str | None = Field(default=None, sa_type=Text)
+    embedded_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+    )
+    embedding_content_hash: str | None = Field(default=None, sa_type=Text)
+    embedding_error: str | None = Field(default=None, sa_type=Text)
+    embedding_attempts: int = Field(
+        default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0", "nullable": False}
+    )

@@ -1,0 +1,91 @@
+"""Embedding coverage and vector index health: the table the team used to diagnose the outage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.vector_indexes import VECTOR_INDEXES
+
+ENTITY_TABLES = {"messages": "messages", "atoms": "atoms"}
+
+
+@dataclass(frozen=True)
+class EntityCoverage:
+    entity: str
+    total: int
+    embedded: int
+    current: int
+    stale: int
+    pending: int
+    parked: int
+
+    @property
+    def coverage_pct(self) -> float:
+        return 100.0 * self.embedded / self.total if self.total else 100.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "coverage_pct": round(self.coverage_pct, 1)}
+
+
+@dataclass(frozen=True)
+class IndexState:
+    name: str
+    table: str
+    exists: bool
+    valid: bool
+    ready: bool
+    matches: bool
+    definition: str | None
+
+    @property
+    def healthy(self) -> bool:
+        return self.exists and self.valid and self.ready and self.matches
+
+
+def _coverage_sql(table: str) -> str:
+    current = "embedding_content_hash = content_hash AND embedding IS NOT NULL"
+    model_ok = "(CAST(:model AS text) IS NULL OR embedding_model = :model)"
+    return f"""
+        SELECT count(*),
+               count(*) FILTER (WHERE embedding IS NOT NULL),
+               count(*) FILTER (WHERE {current} AND {model_ok}),
+               count(*) FILTER (WHERE embedding IS NOT NULL AND NOT ({current} AND {model_ok})),
+               count(*) FILTER (WHERE NOT coalesce({current} AND {model_ok}, false)
+                                AND embedding_attempts < :max_attempts),
+               count(*) FILTER (WHERE NOT coalesce({current} AND {model_ok}, false)
+                                AND embedding_attempts >= :max_attempts)
+        FROM {table}
+    """
+
+
+async def coverage(
+    session: AsyncSession, *, model: str | None = None, max_attempts: int = 3
+) -> list[EntityCoverage]:
+    """Rows, embedded rows, current/stale/pending/parked counts per entity."""
+    result = []
+    for entity, table in ENTITY_TABLES.items():
+        row = (
+            await session.execute(
+                text(_coverage_sql(table)), {"model": model, "max_attempts": max_attempts}
+            )
+        ).one()
+        result.append(EntityCoverage(entity, *(int(value) for value in row)))
+    return result
+
+
+async def index_states(session: AsyncSession) -> list[IndexState]:
+    """Whether each expected HNSW index exists, is valid and ready, and has the right definition."""
+    states = []
+    for index in VECTOR_INDEXES:
+        row = (await session.execute(text(index.state_sql))).first()
+        if row is None:
+            states.append(IndexState(index.name, index.table, False, False, False, False, None))
+        else:
+            valid, ready, matches, definition = row
+            states.append(
+                IndexState(index.name, index.table, True, valid, ready, bool(matches), definition)
+            )
+    return states

