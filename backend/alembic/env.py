@@ -50,6 +50,40 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+VECTOR_INDEXES_REVISION = "0002"
+
+
+def repair_vector_indexes(connection: Connection) -> None:
+    """After any upgrade at or past add_vector_indexes: rebuild an invalid or wrong HNSW index."""
+    from sqlalchemy import text
+
+    from app.core.vector_indexes import build_session_sql, ensure_vector_indexes
+
+    connection.commit()
+    current = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    script = context.script
+    if not any(
+        rev.revision == VECTOR_INDEXES_REVISION
+        for head in current
+        for rev in script.iterate_revisions(head, "base")
+    ):
+        return
+    connection.commit()
+    autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+
+    def execute(statement: str) -> list[str]:
+        result = autocommit.execute(text(statement))
+        return [str(row[0]) for row in result] if result.returns_rows else []
+
+    settings = get_settings()
+    session_sql = build_session_sql(
+        settings.index_maintenance_work_mem,
+        settings.index_parallel_workers,
+        settings.index_lock_timeout,
+    )
+    ensure_vector_indexes(execute, session_sql)
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -60,6 +94,14 @@ def do_run_migrations(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+    if context.get_x_argument(as_dictionary=True).get("repair", "1") != "0" and _is_upgrade():
+        repair_vector_indexes(connection)
+
+
+def _is_upgrade() -> bool:
+    command = getattr(config.cmd_opts, "cmd", None)
+    name = getattr(command[0], "__name__", "") if command else ""
+    return name == "upgrade" or bool(config.attributes.get("is_upgrade"))
 
 
 async def run_async_migrations() -> None:

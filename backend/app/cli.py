@@ -107,6 +107,89 @@ def status(
     console.print(coverage_table(rows, indexes))
 
 
+@app.command()
+def worker(
+    no_sweeper: Annotated[
+        bool, typer.Option("--no-sweeper", help="Do not run the sweeper.")
+    ] = False,
+) -> None:
+    """Consume embedding and extraction tasks from NATS JetStream until SIGINT/SIGTERM."""
+    from app.tasks.worker import run_worker
+
+    run(lambda: run_worker(get_settings(), sweeper=not no_sweeper))
+
+
+@app.command()
+def services(
+    show_status: Annotated[bool, typer.Option("--status", help="Tell what runs where.")] = False,
+    host: Annotated[str | None, typer.Option(help="API host.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port.")] = None,
+    migrate: Annotated[bool, typer.Option(help="Run `alembic upgrade head` first.")] = True,
+) -> None:
+    """Run Postgres, NATS, the worker and the API in the foreground; Ctrl-C stops them all."""
+    from app.services_runner import print_services_status, run_services
+
+    if show_status:
+        print_services_status(console)
+        return
+    settings = get_settings()
+    try:
+        code = run_services(
+            settings,
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            migrate=migrate,
+            console=console,
+        )
+    except AppError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def backfill(
+    entity: Annotated[str, typer.Option(help="messages, atoms or all.")] = "all",
+    page_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Ids per page (one task each).")
+    ] = 500,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many rows per entity.")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="Provider id (default: the default provider).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be queued, then exit.")
+    ] = False,
+    stale: Annotated[
+        bool, typer.Option("--stale", help="Include rows embedded by another model.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Include parked rows.")
+    ] = False,
+    inline: Annotated[
+        bool, typer.Option("--inline", help="Embed in this process; no worker needed.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow coverage to 100%; exit 1 if it stalls.")
+    ] = False,
+) -> None:
+    """Queue (or embed) every row without a current embedding, in keyset pages."""
+    from app.commands.backfill import BackfillArgs, backfill_command
+
+    if entity not in ("messages", "atoms", "all"):
+        err_console.print(
+            f"[bold red]error:[/] --entity must be messages, atoms or all, not {entity!r}"
+        )
+        raise typer.Exit(2)
+    args = BackfillArgs(
+        entity, page_size, limit, provider, dry_run, stale, retry_failed, inline, wait
+    )  # type: ignore[arg-type]
+    code = run(lambda: backfill_command(args, get_settings(), console))
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -41,7 +41,23 @@ def create_engine(
         for key in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(key)
     options.update(kwargs)
-    return create_async_engine(url or database_url(settings), **options)
+    engine = create_async_engine(url or database_url(settings), **options)
+    event.listen(engine.sync_engine, "connect", _register_vector_codec)
+    return engine
+
+
+async def _register_vector(connection: Any) -> None:
+    from pgvector.asyncpg import register_vector
+
+    try:
+        await register_vector(connection)
+    except ValueError:
+        pass  # no vector extension yet (before the first migration): nothing to register
+
+
+def _register_vector_codec(dbapi_connection: Any, _record: Any) -> None:
+    """pgvector's binary codec on every new connection: numpy arrays in and out, no text parsing."""
+    dbapi_connection.run_async(_register_vector)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

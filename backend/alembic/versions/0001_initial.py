@@ -41,6 +41,7 @@ def _embedding_columns(dims: int) -> list[sa.Column[object]]:
         sa.Column("embedded_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("embedding_content_hash", sa.Text(), nullable=True),
         sa.Column("embedding_error", sa.Text(), nullable=True),
+        sa.Column("embedding_queued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("embedding_attempts", sa.Integer(), server_default="0", nullable=False),
     ]
 

@@ -8,7 +8,9 @@ Safe to run on a live table and to run again:
 - CREATE INDEX CONCURRENTLY runs outside a transaction (autocommit block), online and in the
   `--sql` output (which pipes through psql as printed: `\\gexec` runs the conditional DROPs);
 - an index left INVALID by an interrupted build, or one whose definition differs (method,
-  opclass, m, ef_construction), is dropped CONCURRENTLY and built again; a right one is kept;
+  opclass, m, ef_construction), is dropped CONCURRENTLY and built again; a right one is kept.
+  env.py runs the same check after every online `upgrade` at or past this revision, so an
+  index broken later is repaired by the next `alembic upgrade head`;
 - pgvector must be >= 0.5.0, checked before anything is touched;
 - maintenance_work_mem, parallel maintenance workers and lock_timeout are set for this session
   only. Watch the build from another session with:
@@ -24,7 +26,12 @@ import sqlalchemy as sa
 
 from alembic import context, op
 from app.core.config import get_settings
-from app.core.vector_indexes import VECTOR_INDEXES, VECTOR_VERSION_CHECK_SQL
+from app.core.vector_indexes import (
+    VECTOR_INDEXES,
+    VECTOR_VERSION_CHECK_SQL,
+    build_session_sql,
+    ensure_vector_indexes,
+)
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -32,41 +39,31 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _session_settings() -> list[str]:
+def session_sql() -> list[str]:
     settings = get_settings()
-    return [
-        f"SET maintenance_work_mem = '{settings.index_maintenance_work_mem}'",
-        f"SET max_parallel_maintenance_workers = {settings.index_parallel_workers}",
-        f"SET lock_timeout = '{settings.index_lock_timeout}'",
-        "SET statement_timeout = 0",
-    ]
+    return build_session_sql(
+        settings.index_maintenance_work_mem,
+        settings.index_parallel_workers,
+        settings.index_lock_timeout,
+    )
 
 
-def _drop_wrong_indexes() -> None:
-    for index in VECTOR_INDEXES:
-        if context.is_offline_mode():
+def _execute(statement: str) -> list[str]:
+    if context.is_offline_mode():
+        if statement.startswith("SELECT"):
             # psql runs each row of the SELECT as a statement: the DROP only when needed.
-            context.get_context().impl.static_output(f"{index.drop_if_wrong_sql} \\gexec\n")
-            continue
-        for statement in op.get_bind().execute(sa.text(index.drop_if_wrong_sql)).scalars():
+            context.get_context().impl.static_output(f"{statement} \\gexec\n")
+        else:
             op.execute(statement)
+        return []
+    result = op.get_bind().execute(sa.text(statement))
+    return [str(row[0]) for row in result] if result.returns_rows else []
 
 
 def upgrade() -> None:
     op.execute(VECTOR_VERSION_CHECK_SQL)
     with op.get_context().autocommit_block():
-        for statement in _session_settings():
-            op.execute(statement)
-        _drop_wrong_indexes()
-        for index in VECTOR_INDEXES:
-            op.execute(index.create_sql)
-        for name in (
-            "maintenance_work_mem",
-            "max_parallel_maintenance_workers",
-            "lock_timeout",
-            "statement_timeout",
-        ):
-            op.execute(f"RESET {name}")
+        ensure_vector_indexes(_execute, session_sql())
 
 
 def downgrade() -> None:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
 
     # Pipeline.
+    task_broker: Literal["nats", "memory"] = "nats"
+    sweeper_requeue_seconds: float = Field(default=600.0, gt=0)
     task_batch_size: int = Field(default=256, ge=1, le=5000)
     sweeper_interval_seconds: float = Field(default=30.0, gt=0)
     sweeper_grace_seconds: float = Field(default=60.0, ge=0)

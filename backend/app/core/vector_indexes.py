@@ -6,6 +6,7 @@ what "a valid index with the right definition" means is written once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.models.base import HNSW_PARAMS
@@ -87,3 +88,44 @@ BEGIN
   END IF;
 END $$
 """
+
+
+def build_session_sql(
+    maintenance_work_mem: str, parallel_workers: int, lock_timeout: str
+) -> list[str]:
+    """Settings for the building session only: fast and bounded, never queued forever."""
+    return [
+        f"SET maintenance_work_mem = '{maintenance_work_mem}'",
+        f"SET max_parallel_maintenance_workers = {int(parallel_workers)}",
+        f"SET lock_timeout = '{lock_timeout}'",
+        "SET statement_timeout = 0",
+    ]
+
+
+RESET_SESSION_SQL = [
+    f"RESET {name}"
+    for name in (
+        "maintenance_work_mem",
+        "max_parallel_maintenance_workers",
+        "lock_timeout",
+        "statement_timeout",
+    )
+]
+
+
+def ensure_vector_indexes(
+    execute: Callable[[str], Sequence[str]], session_sql: Sequence[str]
+) -> None:
+    """Drop (CONCURRENTLY) each index that is invalid or wrongly defined, then create what is missing.
+
+    `execute` runs one statement outside any transaction and returns the first column of its rows.
+    """
+    for statement in session_sql:
+        execute(statement)
+    for index in VECTOR_INDEXES:
+        for drop in execute(index.drop_if_wrong_sql):
+            execute(drop)
+    for index in VECTOR_INDEXES:
+        execute(index.create_sql)
+    for statement in RESET_SESSION_SQL:
+        execute(statement)

@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import DateTime, Integer, Text, func
 from sqlmodel import Field, SQLModel
@@ -24,6 +26,30 @@ SQLModel.metadata.naming_convention = {
 # the initial revision and used by the generated `content_hash` columns.
 TEXT_HASH_FUNCTION = "tt_text_hash"
 HNSW_PARAMS = {"m": 16, "ef_construction": 64}
+
+
+class BinaryVector(Vector):
+    """pgvector's column type, bound and read through the binary asyncpg codec (no text parsing).
+
+    app.db registers pgvector's asyncpg codec on every connection; this type hands it Vector
+    objects (a bare list would be taken by asyncpg for an array) and returns numpy arrays.
+    """
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Any:  # noqa: ARG002 - SQLAlchemy signature
+        def process(value: Any) -> Any:
+            if value is None or isinstance(value, PgVector):
+                return value
+            return PgVector(np.asarray(value, dtype=np.float32))
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:  # noqa: ARG002
+        def process(value: Any) -> Any:
+            return value.to_numpy() if isinstance(value, PgVector) else value
+
+        return process
 
 
 def utcnow() -> datetime:
@@ -57,7 +83,7 @@ def updated_at_field() -> Any:
 class EmbeddedMixin(SQLModel):
     """The vector and what tells whether it is current: model, time, text hash, last error."""
 
-    embedding: Any | None = Field(default=None, sa_type=Vector(embedding_dimensions()))
+    embedding: Any | None = Field(default=None, sa_type=BinaryVector(embedding_dimensions()))
     embedding_model: str | None = Field(default=None, sa_type=Text)
     embedded_at: datetime | None = Field(
         default=None,
@@ -65,6 +91,11 @@ class EmbeddedMixin(SQLModel):
     )
     embedding_content_hash: str | None = Field(default=None, sa_type=Text)
     embedding_error: str | None = Field(default=None, sa_type=Text)
+    # When the row was last put on the queue; the sweeper re-queues only rows queued long ago.
+    embedding_queued_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+    )
     embedding_attempts: int = Field(
         default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0", "nullable": False}
     )

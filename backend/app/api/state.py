@@ -1,0 +1,35 @@
+"""Per-process API state: the engine, the session factory, the broker client."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.db import create_engine, session_factory
+from app.tasks.broker import broker
+
+logger = logging.getLogger(__name__)
+
+
+class AppState:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine: AsyncEngine = create_engine(settings=settings)
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.broker_ready = False
+
+    async def open(self) -> None:
+        try:
+            await broker.startup()
+            self.broker_ready = True
+        except Exception as exc:  # noqa: BLE001 - the API serves reads without a broker
+            logger.warning(
+                "broker unavailable at startup (%s); enqueueing will fail until it is back", exc
+            )
+
+    async def close(self) -> None:
+        if self.broker_ready:
+            await broker.shutdown()
+        await self.engine.dispose()

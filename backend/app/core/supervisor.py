@@ -1,0 +1,68 @@
+"""Run child processes in the foreground and stop all of them together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Child:
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(list(self.argv), env={**os.environ, **self.env})
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:
+    """SIGTERM every child, wait for them, SIGKILL the ones that do not stop in time."""
+    for child in children:
+        if child.process is not None and child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+def supervise(children: Sequence[Child]) -> int:
+    """Start the children; on SIGINT/SIGTERM or when one exits, stop them all. Returns exit code."""
+    stopping = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for child in children:
+            child.start()
+        while not stopping:
+            if any(child.exited() is not None for child in children):
+                break
+            time.sleep(0.2)
+        failed = [c for c in children if c.exited() not in (None, 0)]
+        return 0 if stopping or not failed else 1
+    finally:
+        stop_all(children)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

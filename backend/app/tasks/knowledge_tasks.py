@@ -1,0 +1,84 @@
+"""Knowledge extraction task, with the hook that queues embeddings for what it produced."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import session_factory
+from app.services.embedding_queue import publish
+from app.services.entities import ATOMS, MESSAGES, NEEDS_TEXT, Entity
+from app.services.knowledge import build_extractor
+from app.services.knowledge.base import ExtractionError
+from app.services.knowledge.extraction_service import extract_and_save, mark_failed
+from app.tasks import runtime as runtime_module
+from app.tasks.broker import broker
+from app.tasks.embedding_tasks import enqueuer
+
+logger = logging.getLogger(__name__)
+
+
+async def needing_embedding(
+    engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The ids among `ids` whose rows have no current embedding."""
+    async with engine.connect() as conn:
+        sql = f"SELECT id FROM {entity.table} WHERE id = ANY(:ids) AND {NEEDS_TEXT} ORDER BY id"
+        return list((await conn.execute(text(sql), {"ids": list(ids)})).scalars())
+
+
+async def queue_embeddings(
+    engine: AsyncEngine,
+    *,
+    atom_ids: Sequence[uuid.UUID],
+    message_ids: Sequence[uuid.UUID],
+    provider_id: str | None,
+    batch_size: int,
+) -> dict[str, int]:
+    """The hook: publish embedding tasks for the rows that need them; never raises on publish."""
+    enqueue = enqueuer(provider_id)
+    queued = {}
+    for entity, ids in ((ATOMS, atom_ids), (MESSAGES, message_ids)):
+        todo = await needing_embedding(engine, entity, ids)
+        published, _failed = await publish(engine, enqueue, entity, todo, batch_size=batch_size)
+        queued[entity.name] = published
+    return queued
+
+
+@broker.task(task_name="knowledge.extract_from_messages")
+async def extract_knowledge_from_messages_task(
+    message_ids: list[str], provider_id: str | None = None
+) -> dict[str, object]:
+    """Extract topics and atoms from messages, save them, then queue their embeddings."""
+    runtime = runtime_module.runtime
+    ids = [uuid.UUID(i) for i in message_ids]
+    extractor = build_extractor(runtime.settings)
+    try:
+        async with session_factory(runtime.engine)() as session:
+            try:
+                summary = await extract_and_save(session, ids, extractor)
+                await session.commit()
+            except ExtractionError as exc:
+                await session.rollback()
+                await mark_failed(session, ids, exc.message)
+                await session.commit()
+                raise
+    finally:
+        aclose = getattr(extractor, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    # After the commit: the rows are visible to the worker that will embed them.
+    queued = await queue_embeddings(
+        runtime.engine,
+        atom_ids=summary.atom_ids,
+        message_ids=summary.message_ids,
+        provider_id=provider_id,
+        batch_size=runtime.settings.task_batch_size,
+    )
+    result = {**summary.as_dict(), "queued": queued}
+    logger.info("extraction done: %s", result)
+    return result

@@ -1,0 +1,38 @@
+# tasktracker recipes: the project's vocabulary.
+
+default:
+    @just --list
+
+# Postgres, NATS, the worker and the API in the foreground (Ctrl-C stops all)
+services *ARGS:
+    uv run tasktracker services {{ARGS}}
+
+# Apply the migrations (builds the HNSW indexes CONCURRENTLY)
+migrate:
+    uv run alembic upgrade head
+
+# Coverage table and index health
+status:
+    uv run tasktracker status
+
+# Embed every row without a current embedding
+backfill *ARGS:
+    uv run python backend/scripts/backfill_embeddings.py {{ARGS}}
+
+# The outage and the cure, end to end, on the embedded defaults
+demo *ARGS:
+    uv run tasktracker demo {{ARGS}}
+
+# The whole test suite
+test *ARGS:
+    uv run pytest {{ARGS}}
+
+# Lint, format check and types
+lint:
+    uv run ruff check
+    uv run ruff format --check
+    uv run mypy backend/app
+
+# Benchmarks (writes docs/BENCHMARKS.md)
+bench *ARGS:
+    uv run --group bench tasktracker bench {{ARGS}}
