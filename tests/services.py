@@ -128,3 +128,54 @@ class NatsProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+class WorkerProcess:
+    """`tasktracker worker` as a real child process, with its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = ()):
+        self.env = env
+        self.log = log
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 60.0) -> WorkerProcess:
+        import sys
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        handle = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", *self.args],
+            env={**os.environ, **self.env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if "worker ready" in self.log.read_text(errors="replace")[offset:]:
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text(errors='replace')[offset:]}")
+            time.sleep(0.1)
+        raise RuntimeError("worker did not become ready")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -190,6 +190,34 @@ def backfill(
     raise typer.Exit(code)
 
 
+@app.command()
+def demo(
+    provider: Annotated[str, typer.Option(help="local (default), openai or ollama.")] = "local",
+    scale: Annotated[int, typer.Option(min=0, max=1_000_000, help="Add N generated messages.")] = 0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the demo database afterwards.")
+    ] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Leave the API and worker running.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the measured figures as JSON.")
+    ] = False,
+) -> None:
+    """Replay the outage and the cure end to end on the embedded defaults (about a minute)."""
+    from app.demo.runner import DemoOptions, dump_json, run_demo
+
+    if provider not in ("local", "openai", "ollama"):
+        err_console.print(
+            f"[bold red]error:[/] --provider must be local, openai or ollama, not {provider!r}"
+        )
+        raise typer.Exit(2)
+    options = DemoOptions(provider=provider, scale=scale, keep=keep, serve=serve, as_json=as_json)
+    report = run(lambda: run_demo(options, get_settings(), console))
+    if as_json:
+        sys.stdout.write(dump_json(report) + "\n")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,4 +1,4 @@
-"""Per-process API state: the engine, the session factory, the broker client."""
+"""Per-process API state: the engine, the session factory, the broker client, embedding services."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.db import create_engine, session_factory
+from app.services.embedding_registry import EmbeddingRegistry
 from app.tasks.broker import broker
 
 logger = logging.getLogger(__name__)
 
 
 class AppState:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, engine: AsyncEngine | None = None):
         self.settings = settings
-        self.engine: AsyncEngine = create_engine(settings=settings)
+        self.engine: AsyncEngine = engine or create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.registry = EmbeddingRegistry(settings)
         self.broker_ready = False
 
     async def open(self) -> None:
@@ -25,11 +27,10 @@ class AppState:
             await broker.startup()
             self.broker_ready = True
         except Exception as exc:  # noqa: BLE001 - the API serves reads without a broker
-            logger.warning(
-                "broker unavailable at startup (%s); enqueueing will fail until it is back", exc
-            )
+            logger.warning("broker unavailable at startup (%s); rows wait for the sweeper", exc)
 
     async def close(self) -> None:
         if self.broker_ready:
             await broker.shutdown()
+        await self.registry.aclose()
         await self.engine.dispose()

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     # Pipeline.
     task_broker: Literal["nats", "memory"] = "nats"
+    # One stream per deployment; the subject and the durable consumer are named after it.
+    nats_stream: str = Field(default="tasktracker", pattern=r"^[A-Za-z0-9_-]+$")
     sweeper_requeue_seconds: float = Field(default=600.0, gt=0)
     task_batch_size: int = Field(default=256, ge=1, le=5000)
     sweeper_interval_seconds: float = Field(default=30.0, gt=0)

@@ -76,6 +76,15 @@ async def pending_pages(
         yield ids
 
 
+async def needing_embedding(
+    engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The ids among `ids` whose rows have no current embedding."""
+    async with engine.connect() as conn:
+        sql = f"SELECT id FROM {entity.table} WHERE id = ANY(:ids) AND {NEEDS_TEXT} ORDER BY id"
+        return list((await conn.execute(text(sql), {"ids": list(ids)})).scalars())
+
+
 async def mark_queued(engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID]) -> None:
     """Remember when these rows were published, so the sweeper leaves them alone for a while."""
     async with engine.begin() as conn:

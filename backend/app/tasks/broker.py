@@ -22,14 +22,10 @@ from taskiq.message import TaskiqMessage
 from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_nats import PullBasedJetStreamBroker
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import EmbeddingProviderError
 
 logger = logging.getLogger(__name__)
-
-STREAM = "tasktracker"
-SUBJECT = "tasktracker.tasks"
-DURABLE = "tasktracker-worker"
 
 
 class JetStreamBroker(PullBasedJetStreamBroker):
@@ -81,20 +77,22 @@ class ProviderRetryMiddleware(SmartRetryMiddleware):
         return min(base * 2 ** (retries - 1), self.max_delay_exponent) * (0.5 + random.random() / 2)
 
 
-async def worker_seen() -> bool:
+async def worker_seen(target: AsyncBroker | None = None) -> bool:
     """Whether a worker is pulling from the durable consumer right now."""
-    js = getattr(broker, "js", None)
+    target = target or broker
+    js = getattr(target, "js", None)
     if js is None:
-        return isinstance(broker, InMemoryBroker)
+        return isinstance(target, InMemoryBroker)
     try:
-        info = await js.consumer_info(STREAM, DURABLE)
+        info = await js.consumer_info(target.stream_name, target.durable)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - no consumer yet means no worker ever started
         return False
     return bool(info.num_waiting)
 
 
-def _build_broker() -> AsyncBroker:
-    settings = get_settings()
+def build_broker(settings: Settings | None = None) -> AsyncBroker:
+    """The broker for `settings`: JetStream (stream, subject and durable named after NATS_STREAM)."""
+    settings = settings or get_settings()
     retry = ProviderRetryMiddleware(
         default_retry_count=5,
         default_delay=2.0,
@@ -103,18 +101,23 @@ def _build_broker() -> AsyncBroker:
     )
     if settings.task_broker == "memory":
         return InMemoryBroker(await_inplace=True).with_middlewares(retry)
+    stream, subject, durable = (
+        settings.nats_stream,
+        f"{settings.nats_stream}.tasks",
+        f"{settings.nats_stream}-worker",
+    )
     consumer = ConsumerConfig(
-        durable_name=DURABLE,
+        durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.nats_ack_wait_seconds,
         max_ack_pending=1000,
     )
     return JetStreamBroker(
         servers=[],  # resolved in startup()
-        subject=SUBJECT,
-        stream_name=STREAM,
-        durable=DURABLE,
-        stream_config=StreamConfig(name=STREAM, subjects=[SUBJECT]),
+        subject=subject,
+        stream_name=stream,
+        durable=durable,
+        stream_config=StreamConfig(name=stream, subjects=[subject]),
         consumer_config=consumer,
         pull_consume_batch=1,
         pull_consume_timeout=5.0,
@@ -123,4 +126,4 @@ def _build_broker() -> AsyncBroker:
     ).with_middlewares(retry)
 
 
-broker = _build_broker()
+broker = build_broker()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
+
+from taskiq import AsyncBroker
+from taskiq.kicker import AsyncKicker
 
 from app.services.embedding_jobs import embed_rows
+from app.services.embedding_queue import Enqueue
 from app.services.entities import ATOMS, MESSAGES, Entity
 from app.tasks import runtime as runtime_module
 from app.tasks.broker import broker
@@ -44,11 +49,16 @@ async def embed_atoms_batch_task(
     return await _embed_batch(ATOMS, atom_ids, provider_id)
 
 
-def enqueuer(provider_id: str | None = None):  # type: ignore[no-untyped-def]
-    """An Enqueue for app.services.embedding_queue that publishes the batch tasks."""
+def enqueuer(provider_id: str | None = None, target: AsyncBroker | None = None) -> Enqueue:
+    """An Enqueue for app.services.embedding_queue that publishes the batch tasks (to `target`)."""
+    via = target or broker
 
     async def enqueue(entity: Entity, ids: list[uuid.UUID]) -> None:
         task = embed_messages_batch_task if entity.name == "messages" else embed_atoms_batch_task
-        await task.kiq([str(i) for i in ids], provider_id)
+        # The task's own labels travel with the message (retry_on_error among them).
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(
+            task_name=task.task_name, broker=via, labels=dict(task.labels)
+        )
+        await kicker.kiq([str(i) for i in ids], provider_id)
 
     return enqueue

@@ -6,12 +6,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import session_factory
-from app.services.embedding_queue import publish
-from app.services.entities import ATOMS, MESSAGES, NEEDS_TEXT, Entity
+from app.services.embedding_queue import needing_embedding, publish
+from app.services.entities import ATOMS, MESSAGES
 from app.services.knowledge import build_extractor
 from app.services.knowledge.base import ExtractionError
 from app.services.knowledge.extraction_service import extract_and_save, mark_failed
@@ -20,15 +19,6 @@ from app.tasks.broker import broker
 from app.tasks.embedding_tasks import enqueuer
 
 logger = logging.getLogger(__name__)
-
-
-async def needing_embedding(
-    engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID]
-) -> list[uuid.UUID]:
-    """The ids among `ids` whose rows have no current embedding."""
-    async with engine.connect() as conn:
-        sql = f"SELECT id FROM {entity.table} WHERE id = ANY(:ids) AND {NEEDS_TEXT} ORDER BY id"
-        return list((await conn.execute(text(sql), {"ids": list(ids)})).scalars())
 
 
 async def queue_embeddings(

@@ -2,7 +2,8 @@
 
 from fastapi import APIRouter
 
-from app.api.v1 import health
+from app.api.v1 import embeddings, health, knowledge, messages, providers, semantic_search
 
 api_router = APIRouter()
-api_router.include_router(health.router)
+for module in (health, semantic_search, embeddings, messages, providers, knowledge):
+    api_router.include_router(module.router)

@@ -1,0 +1,31 @@
+"""FastAPI dependencies: the app state and one session per request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.tt
+    return state
+
+
+async def get_session(
+    state: Annotated[AppState, Depends(get_state)],
+) -> AsyncIterator[AsyncSession]:
+    """One session per request. Routes commit explicitly; this only rolls back and closes."""
+    async with state.sessions() as session:
+        try:
+            yield session
+        finally:
+            await session.rollback()
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -1,0 +1,106 @@
+"""Embedding/chat providers. API keys are write-only: stored encrypted, never returned."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, status
+from sqlalchemy import select, update
+
+from app.api.deps import SessionDep, StateDep
+from app.core.errors import AppError, NotFoundError
+from app.core.security import encrypt_secret
+from app.models.provider import LLMProvider
+from app.schemas.embeddings import ProviderCreate, ProviderOut, ProviderTestOut, ProviderUpdate
+from app.services import provider_service
+
+router = APIRouter(prefix="/providers", tags=["providers"])
+
+
+def provider_out(row: LLMProvider) -> ProviderOut:
+    return ProviderOut.model_validate(
+        {**row.model_dump(), "has_api_key": row.api_key_encrypted is not None}
+    )
+
+
+@router.get("", summary="List providers")
+async def list_providers(session: SessionDep) -> list[ProviderOut]:
+    """All providers; keys are never included."""
+    rows = await session.execute(select(LLMProvider).order_by(LLMProvider.name))
+    return [provider_out(row) for row in rows.scalars()]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a provider")
+async def create_provider(
+    body: ProviderCreate, state: StateDep, session: SessionDep
+) -> ProviderOut:
+    """Store a provider; its API key is encrypted at rest."""
+    row = await provider_service.create_provider(
+        session,
+        name=body.name,
+        type=body.type,
+        embedding_model=body.embedding_model,
+        embedding_dimensions=body.embedding_dimensions,
+        base_url=str(body.base_url) if body.base_url else None,
+        api_key=body.api_key.get_secret_value() if body.api_key else None,
+        chat_model=body.chat_model,
+        is_default=body.is_default,
+    )
+    await session.commit()
+    if body.is_default:
+        await state.registry.forget(None)
+    return provider_out(row)
+
+
+async def _get(session: SessionDep, provider_id: uuid.UUID) -> LLMProvider:
+    row = await session.get(LLMProvider, provider_id)
+    if row is None:
+        raise NotFoundError(f"provider {provider_id} not found")
+    return row
+
+
+@router.patch("/{provider_id}", summary="Update a provider")
+async def update_provider(
+    provider_id: uuid.UUID, body: ProviderUpdate, state: StateDep, session: SessionDep
+) -> ProviderOut:
+    """Change a provider; a new key replaces the old one, encrypted."""
+    row = await _get(session, provider_id)
+    changes = body.model_dump(exclude_unset=True)
+    if "api_key" in changes:
+        key = changes.pop("api_key")
+        row.api_key_encrypted = encrypt_secret(key.get_secret_value()) if key else None
+    if "base_url" in changes:
+        changes["base_url"] = str(changes["base_url"]) if changes["base_url"] else None
+    if changes.get("is_default"):
+        await session.execute(
+            update(LLMProvider).where(LLMProvider.id != provider_id).values(is_default=False)
+        )  # type: ignore[arg-type]
+    for key, value in changes.items():
+        setattr(row, key, value)
+    await session.commit()
+    await state.registry.forget(provider_id)
+    await state.registry.forget(None)
+    return provider_out(row)
+
+
+@router.post("/{provider_id}/test", summary="Embed a probe text with a provider")
+async def test_provider(
+    provider_id: uuid.UUID, state: StateDep, session: SessionDep
+) -> ProviderTestOut:
+    """Embeds a probe text and reports latency and dimension, or the provider's error."""
+    row = await _get(session, provider_id)
+    service = state.registry.build(provider_service.spec_from_row(row, state.settings))
+    started = time.perf_counter()
+    try:
+        outcome = (await service.embed_documents(["tasktracker provider probe"]))[0]
+    except AppError as exc:
+        return ProviderTestOut(ok=False, latency_ms=None, dimensions=None, error=exc.message)
+    finally:
+        await service.aclose()
+    latency = round((time.perf_counter() - started) * 1000, 1)
+    if outcome.vector is None:
+        return ProviderTestOut(ok=False, latency_ms=latency, dimensions=None, error=outcome.error)
+    return ProviderTestOut(
+        ok=True, latency_ms=latency, dimensions=int(outcome.vector.shape[0]), error=None
+    )

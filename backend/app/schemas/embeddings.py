@@ -1,0 +1,137 @@
+"""Request and response models for the embeddings and providers API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+
+from app.core.enums import ProviderType
+
+
+class EnqueueRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"all_missing": True}]}
+    )
+
+    ids: list[uuid.UUID] = Field(default_factory=list, max_length=10_000)
+    all_missing: bool = Field(
+        default=False, description="Queue every row without a current embedding."
+    )
+    provider_id: uuid.UUID | None = None
+
+
+class EnqueueResponse(BaseModel):
+    queued: int
+    failed_to_queue: int
+    skipped: int = Field(description="Ids that already had a current embedding or do not exist.")
+
+
+class EmbedNowResponse(BaseModel):
+    id: uuid.UUID
+    embedded: int
+    skipped: int
+    failed: int
+    error: str | None = None
+
+
+class CoverageOut(BaseModel):
+    entity: str
+    total: int
+    embedded: int
+    current: int
+    stale: int
+    pending: int
+    parked: int
+    coverage_pct: float
+
+
+class IndexOut(BaseModel):
+    name: str
+    table: str
+    exists: bool
+    valid: bool
+    ready: bool
+    matches: bool
+    healthy: bool
+
+
+class ProviderInfo(BaseModel):
+    name: str
+    type: str
+    model: str
+    dimensions: int
+
+
+class EmbeddingStatus(BaseModel):
+    coverage: list[CoverageOut]
+    indexes: list[IndexOut]
+    provider: ProviderInfo | None
+    provider_error: str | None = None
+
+
+class ProviderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: ProviderType
+    base_url: HttpUrl | None = None
+    api_key: SecretStr | None = Field(
+        default=None, max_length=500, description="Write-only; stored encrypted."
+    )
+    embedding_model: str = Field(min_length=1, max_length=200)
+    embedding_dimensions: int = Field(ge=1, le=16000)
+    chat_model: str | None = Field(default=None, max_length=200)
+    is_default: bool = False
+
+
+class ProviderUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: HttpUrl | None = None
+    api_key: SecretStr | None = Field(default=None, max_length=500)
+    embedding_model: str | None = Field(default=None, min_length=1, max_length=200)
+    embedding_dimensions: int | None = Field(default=None, ge=1, le=16000)
+    chat_model: str | None = Field(default=None, max_length=200)
+    is_active: bool | None = None
+    is_default: bool | None = None
+
+
+class ProviderOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    type: str
+    base_url: str | None
+    has_api_key: bool
+    embedding_model: str
+    embedding_dimensions: int
+    chat_model: str | None
+    is_active: bool
+    is_default: bool
+    created_at: datetime
+
+
+class ProviderTestOut(BaseModel):
+    ok: bool
+    latency_ms: float | None
+    dimensions: int | None
+    error: str | None
+
+
+class ExtractRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_ids: list[uuid.UUID] = Field(default_factory=list, max_length=5000)
+    all_pending: bool = Field(default=False, description="Every message not extracted yet.")
+    provider_id: uuid.UUID | None = None
+    window: int = Field(default=50, ge=1, le=200, description="Messages per extraction task.")
+
+
+class ExtractResponse(BaseModel):
+    messages: int
+    tasks: int
+    status: Literal["queued", "failed_to_queue"]
