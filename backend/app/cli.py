@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -183,9 +183,10 @@ def backfill(
             f"[bold red]error:[/] --entity must be messages, atoms or all, not {entity!r}"
         )
         raise typer.Exit(2)
+    entity_name = cast(Literal["messages", "atoms", "all"], entity)
     args = BackfillArgs(
-        entity, page_size, limit, provider, dry_run, stale, retry_failed, inline, wait
-    )  # type: ignore[arg-type]
+        entity_name, page_size, limit, provider, dry_run, stale, retry_failed, inline, wait
+    )
     code = run(lambda: backfill_command(args, get_settings(), console))
     raise typer.Exit(code)
 

@@ -53,7 +53,7 @@ class BackfillReport:
 
 async def plan_counts(engine: AsyncEngine, plan: BackfillPlan) -> dict[str, int]:
     """How many rows each entity would hand over (the --dry-run answer)."""
-    counts = {}
+    counts: dict[str, int] = {}
     for entity in plan.entities:
         total = await count_pending(engine, entity, plan.pending())
         counts[entity.name] = total if plan.limit is None else min(total, plan.limit)
@@ -119,7 +119,7 @@ async def wait_for_coverage(
     """Poll the pending counts until they reach zero or stop moving; return what is left."""
     last_total, last_change = None, time.monotonic()
     while True:
-        left = {
+        left: dict[str, int] = {
             e.name: await count_pending(
                 engine, e, PendingFilter(model=plan.model, max_attempts=plan.max_attempts)
             )

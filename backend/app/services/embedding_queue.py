@@ -145,7 +145,7 @@ async def sweep(
         "OR embedding_queued_at < now() - make_interval(secs => :requeue))"
     )
     params: dict[str, object] = {"grace": grace_seconds, "requeue": requeue_after_seconds}
-    counts = {}
+    counts: dict[str, int] = {}
     for entity in entities:
         total = 0
         pages = pending_pages(

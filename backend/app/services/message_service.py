@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.core.errors import NotFoundError
 from app.models.message import Message
@@ -33,7 +34,7 @@ async def create_messages(
         for item in items
     ]
     statement = insert(Message).values(rows).on_conflict_do_nothing(index_elements=["external_id"])
-    inserted = await session.execute(statement.returning(Message.id))  # type: ignore[arg-type]
+    inserted = await session.execute(statement.returning(col(Message.id)))
     return list(inserted.scalars())
 
 
@@ -53,11 +54,11 @@ async def list_messages(
     channel: str | None = None,
 ) -> list[Message]:
     """A keyset page of messages ordered by id."""
-    query = select(Message).order_by(Message.id).limit(limit)  # type: ignore[arg-type]
+    query = select(Message).order_by(col(Message.id)).limit(limit)
     if after is not None:
-        query = query.where(Message.id > after)  # type: ignore[arg-type]
+        query = query.where(col(Message.id) > after)
     if channel is not None:
-        query = query.where(Message.channel == channel)
+        query = query.where(col(Message.channel) == channel)
     return list((await session.execute(query)).scalars())
 
 

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import replace
 
 from sqlalchemy import select, text, update
+from sqlmodel import col
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
@@ -66,7 +67,7 @@ async def resolve_spec(
         return spec_from_row(row, settings)
     default = (
         await session.execute(
-            select(LLMProvider).where(LLMProvider.is_default, LLMProvider.is_active)
+            select(LLMProvider).where(col(LLMProvider.is_default), col(LLMProvider.is_active))
         )
     ).scalar_one_or_none()
     return spec_from_row(default, settings) if default else spec_from_settings(settings)
@@ -106,7 +107,7 @@ async def create_provider(
     is_default: bool = False,
 ) -> LLMProvider:
     """Store a provider; its API key is encrypted before it reaches the database."""
-    exists = await session.execute(select(LLMProvider.id).where(LLMProvider.name == name))
+    exists = await session.execute(select(col(LLMProvider.id)).where(col(LLMProvider.name) == name))
     if exists.first() is not None:
         raise ConflictError(f"a provider named {name!r} already exists")
     if is_default:

@@ -74,7 +74,9 @@ class ProviderRetryMiddleware(SmartRetryMiddleware):
 
     def make_delay(self, message: TaskiqMessage, retries: int) -> float:
         base = float(message.labels.get("delay", self.default_delay))
-        return min(base * 2 ** (retries - 1), self.max_delay_exponent) * (0.5 + random.random() / 2)
+        return float(
+            min(base * 2 ** (retries - 1), self.max_delay_exponent) * (0.5 + random.random() / 2)
+        )
 
 
 async def worker_seen(target: AsyncBroker | None = None) -> bool:

@@ -31,7 +31,7 @@ async def queue_embeddings(
 ) -> dict[str, int]:
     """The hook: publish embedding tasks for the rows that need them; never raises on publish."""
     enqueue = enqueuer(provider_id)
-    queued = {}
+    queued: dict[str, int] = {}
     for entity, ids in ((ATOMS, atom_ids), (MESSAGES, message_ids)):
         todo = await needing_embedding(engine, entity, ids)
         published, _failed = await publish(engine, enqueue, entity, todo, batch_size=batch_size)

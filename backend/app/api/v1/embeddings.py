@@ -46,7 +46,7 @@ async def embedding_status(state: StateDep, session: SessionDep) -> EmbeddingSta
     )
     indexes = await status_service.index_states(session)
     return EmbeddingStatus(
-        coverage=[CoverageOut(**row.as_dict()) for row in rows],  # type: ignore[arg-type]
+        coverage=[CoverageOut.model_validate(row.as_dict()) for row in rows],
         indexes=[
             IndexOut(**{k: v for k, v in vars(i).items() if k != "definition"}, healthy=i.healthy)
             for i in indexes

@@ -7,6 +7,7 @@ import uuid
 
 from fastapi import APIRouter, status
 from sqlalchemy import select, update
+from sqlmodel import col
 
 from app.api.deps import SessionDep, StateDep
 from app.core.errors import AppError, NotFoundError
@@ -74,8 +75,8 @@ async def update_provider(
         changes["base_url"] = str(changes["base_url"]) if changes["base_url"] else None
     if changes.get("is_default"):
         await session.execute(
-            update(LLMProvider).where(LLMProvider.id != provider_id).values(is_default=False)
-        )  # type: ignore[arg-type]
+            update(LLMProvider).where(col(LLMProvider.id) != provider_id).values(is_default=False)
+        )
     for key, value in changes.items():
         setattr(row, key, value)
     await session.commit()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.core.enums import ExtractionStatus
 from app.models.atom import Atom, AtomMessage
@@ -49,7 +50,9 @@ def atom_fingerprint(atom: ExtractedAtom, source_ids: Sequence[str]) -> str:
 async def load_messages(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[Message]:
     """The messages among `ids`, oldest first."""
     rows = await session.execute(
-        select(Message).where(Message.id.in_(list(ids))).order_by(Message.sent_at, Message.id)  # type: ignore[attr-defined]
+        select(Message)
+        .where(col(Message.id).in_(list(ids)))
+        .order_by(col(Message.sent_at), col(Message.id))
     )
     return list(rows.scalars())
 
@@ -105,7 +108,7 @@ async def _save_topics(session: AsyncSession, result: ExtractionResult) -> dict[
             insert(Topic)
             .values(id=uuid.uuid4(), name=topic.name, description=topic.description)
             .on_conflict_do_update(index_elements=["name"], set_={"name": topic.name})
-            .returning(Topic.id)  # type: ignore[arg-type]
+            .returning(col(Topic.id))
         )
         ids[topic.name] = (await session.execute(statement)).scalar_one()
     return ids
@@ -127,13 +130,13 @@ async def _save_atom(
                 fingerprint=fingerprint,
             )
             .on_conflict_do_nothing(index_elements=["fingerprint"])
-            .returning(Atom.id)  # type: ignore[arg-type]
+            .returning(col(Atom.id))
         )
     ).scalar_one_or_none()
     atom_id = (
         inserted
         or (
-            await session.execute(select(Atom.id).where(Atom.fingerprint == fingerprint))
+            await session.execute(select(col(Atom.id)).where(col(Atom.fingerprint) == fingerprint))
         ).scalar_one()
     )
     links = [{"atom_id": atom_id, "message_id": uuid.UUID(m)} for m in atom.source_message_ids]
