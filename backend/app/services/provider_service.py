@@ -6,8 +6,8 @@ import uuid
 from dataclasses import replace
 
 from sqlalchemy import select, text, update
-from sqlmodel import col
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.core.config import Settings
 from app.core.enums import ProviderType
