@@ -156,7 +156,9 @@ class WorkerProcess:
             if "worker ready" in self.log.read_text(errors="replace")[offset:]:
                 return self
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log.read_text(errors='replace')[offset:]}")
+                raise RuntimeError(
+                    f"worker exited: {self.log.read_text(errors='replace')[offset:]}"
+                )
             time.sleep(0.1)
         raise RuntimeError("worker did not become ready")
 

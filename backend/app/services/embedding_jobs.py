@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from pgvector import Vector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.services.embedding_service import EmbeddingService
@@ -108,7 +109,8 @@ async def embed_rows(
                 status = await apg.execute(
                     _write_sql(entity),
                     [row["id"] for row, _ in good],
-                    [np.asarray(vector, dtype=np.float32) for _, vector in good],
+                    # Vector objects: a bare list of arrays would be taken for a 2-D array.
+                    [Vector(np.asarray(vector, dtype=np.float32)) for _, vector in good],
                     [row["content_hash"] for row, _ in good],
                     model,
                 )

@@ -31,11 +31,13 @@ logger = logging.getLogger(__name__)
 class JetStreamBroker(PullBasedJetStreamBroker):
     """Resolves the NATS URL at startup (configured or embedded); only workers consume."""
 
+    settings: Settings | None = None  # set by build_broker; None: the process settings
+
     async def startup(self) -> None:
         from app.core.endpoints import nats_url
 
         await _AsyncBroker.startup(self)
-        await self.client.connect(nats_url(), **self.connection_kwargs)
+        await self.client.connect(nats_url(self.settings), **self.connection_kwargs)
         self.js = self.client.jetstream()
         if self.stream_config.name is None:
             self.stream_config.name = self.stream_name
@@ -114,7 +116,7 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
         ack_wait=settings.nats_ack_wait_seconds,
         max_ack_pending=1000,
     )
-    return JetStreamBroker(
+    jetstream = JetStreamBroker(
         servers=[],  # resolved in startup()
         subject=subject,
         stream_name=stream,
@@ -125,7 +127,9 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
         pull_consume_timeout=5.0,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-    ).with_middlewares(retry)
+    )
+    jetstream.settings = settings
+    return jetstream.with_middlewares(retry)
 
 
 broker = build_broker()

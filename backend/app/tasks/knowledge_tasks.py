@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from taskiq import AsyncBroker
 
 from app.db import session_factory
 from app.services.embedding_queue import needing_embedding, publish
@@ -28,9 +29,10 @@ async def queue_embeddings(
     message_ids: Sequence[uuid.UUID],
     provider_id: str | None,
     batch_size: int,
+    target: AsyncBroker | None = None,
 ) -> dict[str, int]:
     """The hook: publish embedding tasks for the rows that need them; never raises on publish."""
-    enqueue = enqueuer(provider_id)
+    enqueue = enqueuer(provider_id, target)
     queued: dict[str, int] = {}
     for entity, ids in ((ATOMS, atom_ids), (MESSAGES, message_ids)):
         todo = await needing_embedding(engine, entity, ids)
