@@ -24,6 +24,8 @@ from app.services.embeddings.tokens import count_tokens, truncate
 
 logger = logging.getLogger(__name__)
 BAD_INPUT_STATUS = {400, 413, 422}
+# A provider asking us to wait longer than this is treated as down for now: the task retries later.
+MAX_RETRY_AFTER = 60.0
 
 
 @dataclass
@@ -187,9 +189,7 @@ class EmbeddingService:
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
         return (
-            max(backoff, min(retry_after, self.max_delay * 4))
-            if retry_after is not None
-            else backoff
+            max(backoff, min(retry_after, MAX_RETRY_AFTER)) if retry_after is not None else backoff
         )
 
     def _validated(self, vectors: np.ndarray, count: int) -> np.ndarray:

@@ -27,7 +27,11 @@ class OllamaProvider:
 
     def __init__(self, spec: ProviderSpec):
         self.name, self.model, self.dimensions = spec.name, spec.model, spec.dimensions
-        self._client = httpx.AsyncClient(base_url=ollama_base(spec.base_url), timeout=spec.timeout)
+        # Ollama itself needs no key; one behind an authenticating proxy gets it as a bearer token.
+        headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=ollama_base(spec.base_url), timeout=spec.timeout, headers=headers
+        )
 
     async def embed(self, texts: Sequence[str], *, kind: Kind) -> np.ndarray:  # noqa: ARG002
         try:
