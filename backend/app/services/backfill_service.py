@@ -95,8 +95,10 @@ async def run_backfill(
             if plan.retry_failed:
                 await _reset_attempts(engine, entity, ids)
             if enqueue is not None:
+                await mark_queued(
+                    engine, entity, ids
+                )  # before publishing: no lock race with workers
                 await enqueue(entity, ids)
-                await mark_queued(engine, entity, ids)
             else:
                 assert embed_page is not None
                 await embed_page(entity, ids)

@@ -85,11 +85,14 @@ async def needing_embedding(
         return list((await conn.execute(text(sql), {"ids": list(ids)})).scalars())
 
 
-async def mark_queued(engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID]) -> None:
-    """Remember when these rows were published, so the sweeper leaves them alone for a while."""
+async def mark_queued(
+    engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID], *, queued: bool = True
+) -> None:
+    """Remember (or forget) that these rows are on the queue, so the sweeper leaves them alone."""
+    value = "now()" if queued else "NULL"
     async with engine.begin() as conn:
         await conn.execute(
-            text(f"UPDATE {entity.table} SET embedding_queued_at = now() WHERE id = ANY(:ids)"),
+            text(f"UPDATE {entity.table} SET embedding_queued_at = {value} WHERE id = ANY(:ids)"),
             {"ids": list(ids)},
         )
 
@@ -110,6 +113,8 @@ async def publish(
     published, failed = 0, []
     for start in range(0, len(ids), batch_size):
         batch = list(ids[start : start + batch_size])
+        # Marked before publishing: a worker claiming these rows must not find them locked.
+        await mark_queued(engine, entity, batch)
         try:
             await enqueue(entity, batch)
         except Exception as exc:  # noqa: BLE001 - any broker failure leaves rows for the sweeper
@@ -122,9 +127,9 @@ async def publish(
                 ", ".join(str(i) for i in batch),
             )
             failed.extend(batch)
+            await mark_queued(engine, entity, batch, queued=False)
             continue
         published += len(batch)
-        await mark_queued(engine, entity, batch)
     return published, failed
 
 
