@@ -27,9 +27,12 @@ _TMP = Path(tempfile.mkdtemp(prefix="tasktracker-tests-"))
 os.environ.setdefault("DATA_DIR", str(_TMP / "data"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def tmp_root() -> Iterator[Path]:
     yield _TMP
+    from app.core import endpoints
+
+    endpoints.release()  # before the folder goes: embedded servers stop cleanly
     shutil.rmtree(_TMP, ignore_errors=True)
 
 

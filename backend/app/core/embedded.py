@@ -175,6 +175,7 @@ class EmbeddedNats:
         self.handles_file = self.folder / "handles.json"
         self.lock_file = self.folder / ".lock"
         self._joined = False
+        self._state: dict[str, int] | None = None
 
     def start(self) -> None:
         """Start the server, or join the one already running over this folder."""
@@ -187,6 +188,7 @@ class EmbeddedNats:
             if os.getpid() not in pids:
                 pids.append(os.getpid())
             self.handles_file.write_text(json.dumps(pids))
+        self._state = state
         self._joined = True
         atexit.register(self.stop)
 
@@ -230,13 +232,20 @@ class EmbeddedNats:
         if not self._joined:
             return
         self._joined = False
+        if not self.folder.exists():  # the folder was removed under us: stop what we know of
+            if self._state is not None:
+                _terminate(self._state["pid"])
+            return
         with _file_lock(self.lock_file):
             pids = [pid for pid in _prune_handles(self.handles_file) if pid != os.getpid()]
             self.handles_file.write_text(json.dumps(pids))
-            if pids or not self.state_file.exists():
+            if pids:
                 return
-            state = json.loads(self.state_file.read_text())
-            _terminate(state["pid"])
+            state = (
+                json.loads(self.state_file.read_text()) if self.state_file.exists() else self._state
+            )
+            if state is not None:
+                _terminate(state["pid"])
             self.state_file.unlink(missing_ok=True)
 
 
