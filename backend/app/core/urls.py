@@ -27,6 +27,12 @@ _SSLMODE_TO_ASYNCPG = {
 def to_asyncpg_url(url: str) -> str:
     """Return `url` as a `postgresql+asyncpg://` URL; `?host=/socket/dir` is kept."""
     parts = urlsplit(url.strip())
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"DATABASE_URL is malformed ({exc}). Fix: use postgresql://user:password@host:5432/dbname"
+        ) from None
     if parts.scheme not in _SCHEMES:
         raise ConfigurationError(
             f"DATABASE_URL has an unsupported scheme {parts.scheme!r}. "

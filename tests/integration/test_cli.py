@@ -1,0 +1,148 @@
+"""The command line as a user runs it: status, shared embedded servers, clear errors, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def our_servers(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(data_dir) in cmdline and ("postgres" in cmdline or "nats-server" in cmdline):
+            found.append(process)
+    return found
+
+
+def test_status_on_the_embedded_server_and_processes_share_it(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data")}
+    migrate = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    # Two processes at once: one server over the folder, both succeed.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "status", "--json"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    second = subprocess.Popen(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out, _ = first.communicate(120)
+    assert second.wait(120) == 0 and first.returncode == 0
+    report = json.loads(out)
+    assert [row["total"] for row in report["coverage"]] == [0, 0]
+    assert all(index["healthy"] for index in report["indexes"])
+    postmasters = [p for p in our_servers(tmp_path) if "postgres" in " ".join(p.cmdline())]
+    assert postmasters == [], "the last process out stopped the server"
+
+
+def test_status_against_database_url(db_url: str, tmp_path: Path) -> None:
+    result = cli("status", env={"DATABASE_URL": db_url, "DATA_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "messages" in result.stdout and "Vector indexes" in result.stdout
+    assert not (tmp_path / "postgres").exists(), "nothing embedded was started"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://postgres:x@127.0.0.1:1/tasktracker", "cannot reach PostgreSQL"),
+        ("postgresql://postgres:x@no-such-host.invalid/tasktracker", "cannot resolve the host"),
+        ("mysql://root@localhost/db", "unsupported scheme"),
+        ("postgresql://user:pw@host:notaport/db", "malformed"),
+    ],
+)
+def test_bad_database_url_is_one_clear_line(url: str, says: str, tmp_path: Path) -> None:
+    result = cli("status", env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert says in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_password_is_one_clear_line(postgres: object, tmp_path: Path) -> None:
+    from tests.services import PostgresForTests
+
+    assert isinstance(postgres, PostgresForTests)
+    postgres.psql("DROP ROLE IF EXISTS tt_pw; CREATE ROLE tt_pw LOGIN PASSWORD 'right'")
+    base = postgres.url("postgres")
+    if "host=" in base:
+        pytest.skip("the embedded server trusts local socket connections: no password check")
+    url = base.replace("postgresql://", "postgresql://tt_pw:wrong@", 1).split("@", 1)
+    result = cli("status", env={"DATABASE_URL": "@".join(url), "DATA_DIR": str(tmp_path)})
+    assert result.returncode == 1 and "password" in result.stderr.lower()
+
+
+def test_worker_refuses_a_provider_that_does_not_fit_the_column(
+    make_db: object, tmp_path: Path
+) -> None:
+    url = make_db()  # type: ignore[operator]
+    env = {
+        "DATABASE_URL": url,
+        "NATS_URL": "nats://127.0.0.1:1",
+        "DATA_DIR": str(tmp_path),
+        "EMBEDDING_PROVIDER": "openai",
+        "EMBEDDING_API_KEY": "x",
+        "EMBEDDING_DIMENSIONS": "1536",
+    }
+    result = cli("worker", env=env, timeout=60)
+    assert result.returncode == 1
+    assert (
+        "1536" in result.stderr
+        and "384" in result.stderr
+        and "EMBEDDING_DIMENSIONS" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_json_reports_the_measured_cure(tmp_path: Path) -> None:
+    result = cli("demo", "--json", env={"DATA_DIR": str(tmp_path / "data")}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{\n") :])
+    before, after = report["before"], report["after"]
+    assert [before["coverage"][e]["coverage_pct"] for e in ("messages", "atoms")] == [0.0, 0.0]
+    assert [after["coverage"][e]["coverage_pct"] for e in ("messages", "atoms")] == [100.0, 100.0]
+    assert not any(before["indexes"].values()) and all(after["indexes"].values())
+    assert after["plan"]["index_plan"]["index"] == "messages_embedding_hnsw_idx"
+    assert before["results"] == 0 and report["api"]["results"] == 5
+    assert report["api"]["latency_ms_p50"] > 0 and report["hook"]["new_atoms"] > 0
+    assert report["api"]["hybrid"]["hybrid_rank"] == 1
+    assert set(report["api"]["top"][:3]) & set(
+        json.loads((REPO / "backend/app/demo/data/meta.json").read_text())["bug_fix_message_ids"]
+    )
+    assert our_servers(tmp_path) == [], "the demo left a server running"
