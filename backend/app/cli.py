@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar, cast
@@ -30,7 +31,12 @@ def _root() -> None:
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; an AppError ends the process with one clear line, not a traceback."""
+    """Run a coroutine; an AppError ends the process with one clear line, not a traceback.
+
+    SIGTERM is handled like Ctrl-C: the coroutine's cleanup (child processes, embedded
+    servers) runs before the process exits.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except AppError as exc:
