@@ -225,6 +225,49 @@ def demo(
         sys.stdout.write(dump_json(report) + "\n")
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures measured side by side.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("index-build")
+def bench_index_build(
+    rows: Annotated[int, typer.Option(min=1000, help="Rows in the table.")] = 100_000,
+    dims: Annotated[int, typer.Option(min=2, max=2000, help="Vector dimensions.")] = 384,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """HNSW build CONCURRENTLY vs plain while a writer inserts and updates (in a scratch database)."""
+    from app.bench.index_build import run as run_bench
+    from app.bench.scratch import scratch_database
+
+    async def go() -> list[Any]:
+        async with scratch_database(get_settings(), "tasktracker_bench") as url:
+            return await run_bench(url, rows=rows, dims=dims)
+
+    results = run(go)
+    if as_json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+        return
+    table = Table(title=f"HNSW build on {rows:,} x {dims} while a writer inserts and updates")
+    for column in (
+        "build",
+        "seconds",
+        "writes completed during build",
+        "write p50 ms",
+        "write max ms",
+    ):
+        table.add_column(column)
+    for r in results:
+        kind = "CREATE INDEX CONCURRENTLY" if r.concurrently else "CREATE INDEX"
+        table.add_row(
+            kind,
+            str(r.build_seconds),
+            str(r.writes_during_build),
+            str(r.write_p50_ms),
+            str(r.write_max_ms),
+        )
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

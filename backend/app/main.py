@@ -11,6 +11,7 @@ from app.api.errors import install_error_handlers
 from app.api.v1.router import api_router
 from app.core.config import Settings, get_settings
 from app.core.log import configure_logging
+from app.schemas.errors import error_responses
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(api_router, prefix="/api/v1")
+    app.include_router(
+        api_router, prefix="/api/v1", responses=error_responses(404, 409, 422, 502, 503)
+    )
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -50,6 +51,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        cause = getattr(exc.orig, "__cause__", None)
+        if isinstance(
+            cause, asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
+        ):
+            return JSONResponse(
+                _body("text contains characters PostgreSQL cannot store (such as NUL)"),
+                status_code=422,
+            )
         if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
             return JSONResponse(
                 _body("database unavailable"), status_code=503, headers={"Retry-After": "2"}

@@ -16,3 +16,13 @@ def _clean_text(value: str) -> str:
 
 
 CleanText = Annotated[str, AfterValidator(_clean_text)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+# Postgres cannot store NUL in text: such input is the client's error, not ours.
+NoNul = Annotated[str, AfterValidator(_no_nul)]

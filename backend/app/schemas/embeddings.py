@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
 
 from app.core.enums import ProviderType
+from app.schemas.common import NoNul
 
 
 class EnqueueRequest(BaseModel):
@@ -81,9 +82,9 @@ class ProviderCreate(BaseModel):
     api_key: SecretStr | None = Field(
         default=None, max_length=500, description="Write-only; stored encrypted."
     )
-    embedding_model: str = Field(min_length=1, max_length=200)
+    embedding_model: NoNul = Field(min_length=1, max_length=200)
     embedding_dimensions: int = Field(ge=1, le=16000)
-    chat_model: str | None = Field(default=None, max_length=200)
+    chat_model: NoNul | None = Field(default=None, max_length=200)
     is_default: bool = False
 
 
@@ -92,9 +93,9 @@ class ProviderUpdate(BaseModel):
 
     base_url: HttpUrl | None = None
     api_key: SecretStr | None = Field(default=None, max_length=500)
-    embedding_model: str | None = Field(default=None, min_length=1, max_length=200)
+    embedding_model: NoNul | None = Field(default=None, min_length=1, max_length=200)
     embedding_dimensions: int | None = Field(default=None, ge=1, le=16000)
-    chat_model: str | None = Field(default=None, max_length=200)
+    chat_model: NoNul | None = Field(default=None, max_length=200)
     is_active: bool | None = None
     is_default: bool | None = None
 

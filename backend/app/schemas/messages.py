@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CleanText
+from app.schemas.common import CleanText, NoNul
 
 
 class MessageIn(BaseModel):
@@ -25,7 +25,7 @@ class MessageIn(BaseModel):
         },
     )
 
-    external_id: str | None = Field(default=None, min_length=1, max_length=200)
+    external_id: NoNul | None = Field(default=None, min_length=1, max_length=200)
     author: CleanText = Field(min_length=1, max_length=200)
     channel: CleanText = Field(min_length=1, max_length=100)
     content: CleanText = Field(min_length=1, max_length=20_000)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.enums import AtomType
-from app.schemas.common import CleanText
+from app.schemas.common import CleanText, NoNul
 
 
 class SearchRequest(BaseModel):
@@ -21,7 +21,7 @@ class SearchRequest(BaseModel):
         min_length=1, max_length=2000, description="What to look for, in any language."
     )
     limit: int = Field(default=10, ge=1, le=100)
-    offset: int = Field(default=0, ge=0, le=1000)
+    offset: int = Field(default=0, ge=0, le=900, description="limit + offset is at most 1000")
     threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="Minimum cosine similarity."
     )
@@ -32,8 +32,8 @@ class SearchRequest(BaseModel):
 
 
 class MessageSearchRequest(SearchRequest):
-    channel: str | None = Field(default=None, max_length=100)
-    author: str | None = Field(default=None, max_length=200)
+    channel: NoNul | None = Field(default=None, max_length=100)
+    author: NoNul | None = Field(default=None, max_length=200)
     sent_after: datetime | None = None
     sent_before: datetime | None = None
 

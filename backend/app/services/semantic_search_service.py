@@ -19,10 +19,11 @@ from pgvector import Vector
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import NotFoundError
+from app.core.errors import NotFoundError, ValidationError
 from app.services.entities import ATOMS, MESSAGES, Entity
 
 RRF_K = 60
+MAX_DEPTH = 1000  # pgvector's ceiling for hnsw.ef_search; limit + offset stays within it
 Mode = Literal["vector", "hybrid"]
 
 _COLUMNS = {
@@ -112,7 +113,7 @@ class SearchTuning:
 
 
 async def _tune(session: AsyncSession, tuning: SearchTuning, depth: int, filtered: bool) -> int:
-    ef = max(tuning.ef_search, depth)
+    ef = min(max(tuning.ef_search, depth), MAX_DEPTH)
     await session.execute(
         text(
             "SELECT set_config('hnsw.ef_search', :ef, true), "
@@ -232,7 +233,9 @@ async def search(
     """One page of results, nearest first (vector) or by reciprocal rank fusion (hybrid)."""
     filters = filters or SearchFilters()
     tuning = tuning or SearchTuning()
-    depth = limit + offset if mode == "vector" else max(4 * (limit + offset), 40)
+    if limit + offset > MAX_DEPTH:
+        raise ValidationError(f"limit + offset must be at most {MAX_DEPTH}")
+    depth = limit + offset if mode == "vector" else min(max(4 * (limit + offset), 40), MAX_DEPTH)
     ef = await _tune(session, tuning, depth, filters.narrowing or exclude is not None)
     max_distance = None if threshold is None else 1.0 - threshold
     nearest = await vector_candidates(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, status
 
 from app.api.deps import SessionDep, StateDep
 from app.models.message import Message
+from app.schemas.common import NoNul
 from app.schemas.messages import (
     MessageBatchIn,
     MessageIn,
@@ -65,7 +66,7 @@ async def list_messages(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after: uuid.UUID | None = None,
-    channel: Annotated[str | None, Query(max_length=100)] = None,
+    channel: Annotated[NoNul | None, Query(max_length=100)] = None,
 ) -> MessagePage:
     """A keyset page ordered by id; pass `next_after` as `after` for the next page."""
     rows = await message_service.list_messages(session, limit=limit, after=after, channel=channel)
