@@ -81,7 +81,8 @@ async def _writer(url: str, dims: int, stop: asyncio.Event, log: list[tuple[floa
 async def build_under_load(url: str, *, concurrently: bool, rows: int, dims: int) -> BuildUnderLoad:
     """Build the index while a writer runs; count the writes that ran entirely during the build."""
     conn = await asyncpg.connect(url)
-    stop, log = asyncio.Event(), []
+    stop = asyncio.Event()
+    log: list[tuple[float, float]] = []
     writer = asyncio.create_task(_writer(url, dims, stop, log))
     try:
         await conn.execute(f"DROP INDEX IF EXISTS {TABLE}_hnsw")
