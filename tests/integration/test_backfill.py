@@ -78,7 +78,7 @@ async def test_stale_after_a_model_change_reembeds_every_row_once(pipeline: Pipe
 
 
 async def test_interrupted_backfill_resumes_and_memory_stays_flat(pipeline: Pipeline) -> None:
-    await insert_messages(pipeline.engine, 30_000)
+    await insert_messages(pipeline.engine, 100_000)
     # No worker: this measures the backfill itself (queueing), which is what must stay flat.
     first = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--page-size", "500"],
@@ -95,12 +95,12 @@ async def test_interrupted_backfill_resumes_and_memory_stays_flat(pipeline: Pipe
                     text("SELECT count(*) FROM messages WHERE embedding_queued_at IS NOT NULL")
                 )
             ).scalar_one()
-        if queued >= 5000:
+        if queued >= 20_000:
             break
         time.sleep(0.1)
     first.send_signal(signal.SIGINT)
     first.wait(30)
-    assert 0 < queued < 30_000, "interrupted half-way"
+    assert 0 < queued < 100_000, "interrupted half-way"
 
     # The rows are the queue: a rerun finishes the job from what is still pending.
     second = backfill(pipeline, "--page-size", "500")
@@ -114,7 +114,7 @@ async def test_interrupted_backfill_resumes_and_memory_stays_flat(pipeline: Pipe
     assert left == 0
     assert "rows/s" in second.stdout
 
-    # Flat memory: the peak RSS of a 30k-row run is close to that of a 1k-row run.
+    # Flat memory: the peak RSS of a 100k-row run is close to that of a 1k-row run.
     small = _peak_rss(pipeline, ["--page-size", "500", "--limit", "1000"])
     large = _peak_rss(pipeline, ["--page-size", "500"])
     assert large < small * 1.25, (small, large)

@@ -108,23 +108,32 @@ def test_wrong_password_is_one_clear_line(postgres: object, tmp_path: Path) -> N
 
 
 def test_worker_refuses_a_provider_that_does_not_fit_the_column(
-    make_db: object, tmp_path: Path
+    postgres: object, tmp_path: Path
 ) -> None:
-    url = make_db()  # type: ignore[operator]
-    env = {
-        "DATABASE_URL": url,
-        "NATS_URL": "nats://127.0.0.1:1",
-        "DATA_DIR": str(tmp_path),
-        "EMBEDDING_PROVIDER": "openai",
-        "EMBEDDING_API_KEY": "x",
-        "EMBEDDING_DIMENSIONS": "1536",
-    }
-    result = cli("worker", env=env, timeout=60)
+    from tests.conftest import alembic
+    from tests.services import PostgresForTests
+
+    assert isinstance(postgres, PostgresForTests)
+    postgres.create_database("tt_dims_1536")
+    try:
+        url = postgres.url("tt_dims_1536")
+        migrated = alembic(url, "upgrade", "head", env={"EMBEDDING_DIMENSIONS": "1536"})
+        assert migrated.returncode == 0, migrated.stderr
+        # The column is vector(1536); the local model gives 384.
+        env = {
+            "DATABASE_URL": url,
+            "NATS_URL": "nats://127.0.0.1:1",
+            "DATA_DIR": str(tmp_path),
+            "EMBEDDING_PROVIDER": "local",
+        }
+        result = cli("worker", env=env, timeout=60)
+    finally:
+        postgres.drop_database("tt_dims_1536")
     assert result.returncode == 1
     assert (
         "1536" in result.stderr
         and "384" in result.stderr
-        and "EMBEDDING_DIMENSIONS" in result.stderr
+        and "EMBEDDING_DIMENSIONS=384" in result.stderr
     )
     assert "Traceback" not in result.stderr
 

@@ -159,3 +159,46 @@ async def test_broker_down_during_the_hook_extraction_succeeds_and_the_sweeper_h
     pipeline.worker()  # with the sweeper
     await pipeline.wait_current("messages", 20, timeout=60)
     await pipeline.wait_current("atoms", len(summary.atom_ids), timeout=60)
+
+
+async def test_always_invalid_llm_answers_fail_clearly_and_save_nothing(pipeline: Pipeline) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.services.knowledge.base import ExtractionError
+    from app.services.knowledge.llm_extractor import LLMExtractor
+
+    await insert_messages(pipeline.engine, 5)
+    ids = [uuid.UUID(i) for i in await message_ids(pipeline)]
+    with ChatStub(lambda _request: "this is not json") as chat:
+        extractor = LLMExtractor("stub-chat", chat.base_url, "chat-key", max_attempts=3)
+        async with AsyncSession(pipeline.engine, expire_on_commit=False) as session:
+            with pytest.raises(ExtractionError) as info:
+                await extract_and_save(session, ids, extractor)
+        await extractor.aclose()
+        assert chat.request_count == 3
+    assert "JSON" in info.value.message or "json" in info.value.message
+    async with pipeline.engine.connect() as conn:
+        counts = (
+            await conn.execute(
+                text("SELECT (SELECT count(*) FROM atoms), (SELECT count(*) FROM topics)")
+            )
+        ).one()
+    assert tuple(counts) == (0, 0)
+
+
+async def test_invalid_then_valid_llm_answer_succeeds_after_a_retry(pipeline: Pipeline) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.services.knowledge.llm_extractor import LLMExtractor
+
+    await insert_messages(pipeline.engine, 4)
+    ids = [uuid.UUID(i) for i in await message_ids(pipeline)]
+    with ChatStub(one_atom_per_message) as chat:
+        chat.enqueue("{ not valid json")
+        extractor = LLMExtractor("stub-chat", chat.base_url, "chat-key", max_attempts=3)
+        async with AsyncSession(pipeline.engine, expire_on_commit=False) as session:
+            summary = await extract_and_save(session, ids, extractor)
+            await session.commit()
+        await extractor.aclose()
+        assert chat.request_count == 2
+    assert len(summary.new_atom_ids) == 4
