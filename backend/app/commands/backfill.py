@@ -82,9 +82,10 @@ class Reporter:
         if self.progress is not None:
             self.progress.update(self.tasks[entity.name], advance=count)
         else:
-            self.console.print(
-                f"{entity.name}: {self.done[entity.name]}/{self.totals[entity.name]} handed over"
-            )
+            # Plain lines (not a terminal): one per tenth of the work, not one per page.
+            done, total = self.done[entity.name], max(1, self.totals[entity.name])
+            if done >= total or done * 10 // total != (done - count) * 10 // total:
+                self.console.print(f"{entity.name}: {done}/{total} handed over")
 
 
 def _entities(args: BackfillArgs) -> list[Entity]:
