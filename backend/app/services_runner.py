@@ -15,7 +15,7 @@ from rich.table import Table
 from app.core import endpoints
 from app.core.config import Settings, get_settings
 from app.core.errors import ConfigurationError
-from app.core.supervisor import Child, supervise
+from app.core.supervisor import api_child, supervise, worker_child
 from app.core.urls import redact_url
 
 
@@ -46,25 +46,7 @@ def run_services(
         if migrate:
             migrate_database(db_url)
         env = {"DATABASE_URL": db_url, "NATS_URL": nats}
-        children = [
-            Child("worker", [sys.executable, "-m", "app.cli", "worker"], env),
-            Child(
-                "api",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "app.main:create_app_from_env",
-                    "--factory",
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                ],
-                env,
-            ),
-        ]
+        children = [worker_child(env), api_child(env, host, port, "--no-access-log")]
         api_url = f"http://{host}:{port}"
         console.print(f"postgres: {redact_url(db_url)}\nnats:     {nats}\napi:      {api_url}/docs")
         state = {"pid": os.getpid(), "database": redact_url(db_url), "nats": nats, "api": api_url}

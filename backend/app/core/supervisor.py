@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,17 @@ class Child:
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+
+def api_child(env: dict[str, str], host: str, port: int, *extra: str) -> Child:
+    """The API under uvicorn, as a child process."""
+    argv = [sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory"]
+    return Child("api", [*argv, "--host", host, "--port", str(port), *extra], env)
+
+
+def worker_child(env: dict[str, str], *extra: str) -> Child:
+    """`tasktracker worker`, as a child process."""
+    return Child("worker", [sys.executable, "-m", "app.cli", "worker", *extra], env)
 
 
 def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:

@@ -33,7 +33,7 @@ from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.errors import ConfigurationError
-from app.core.supervisor import Child, stop_all
+from app.core.supervisor import Child, api_child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url, to_libpq_url, with_database
 from app.db import create_engine, session_factory
 from app.demo import loader
@@ -318,7 +318,7 @@ async def step_migrate(demo: Demo) -> None:
 
 
 def start_worker(demo: Demo) -> None:
-    worker = Child("worker", [sys.executable, "-m", "app.cli", "worker", "--no-sweeper"], demo.env)
+    worker = worker_child(demo.env, "--no-sweeper")
     worker.start()
     demo.children.append(worker)
 
@@ -452,23 +452,7 @@ async def _wait_extracted(demo: Demo, ids: list[Any]) -> None:
 
 def start_api(demo: Demo) -> str:
     port = free_port()
-    api = Child(
-        "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app_from_env",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        demo.env,
-    )
+    api = api_child(demo.env, "127.0.0.1", port, "--log-level", "warning")
     api.start()
     demo.children.append(api)
     return f"http://127.0.0.1:{port}"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Column, Computed, Float, ForeignKey, Index, Text, text
+from sqlalchemy import CheckConstraint, Column, Computed, Float, ForeignKey, Text
 from sqlmodel import Field, SQLModel
 
 from app.core.enums import AtomType
 from app.models.base import (
-    HNSW_PARAMS,
     TEXT_HASH_FUNCTION,
     EmbeddedMixin,
     created_at_field,
+    embedding_indexes,
     updated_at_field,
     uuid_pk,
 )
@@ -31,28 +31,7 @@ class Atom(EmbeddedMixin, table=True):
     __table_args__ = (
         CheckConstraint(f"type IN ({ATOM_TYPES_SQL})", name="type"),
         CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence"),
-        Index(
-            "ix_atoms_embedding_pending",
-            "id",
-            postgresql_where=text("embedding_content_hash IS DISTINCT FROM content_hash"),
-        ),
-        Index(
-            "ix_atoms_fts_simple",
-            text(f"to_tsvector('simple'::regconfig, {ATOM_FTS_SQL})"),
-            postgresql_using="gin",
-        ),
-        Index(
-            "ix_atoms_fts_english",
-            text(f"to_tsvector('english'::regconfig, {ATOM_FTS_SQL})"),
-            postgresql_using="gin",
-        ),
-        Index(
-            "atoms_embedding_hnsw_idx",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_with=HNSW_PARAMS,
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
+        *embedding_indexes("atoms", ATOM_FTS_SQL),
     )
 
     id: uuid.UUID = uuid_pk()

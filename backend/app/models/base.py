@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from pgvector import Vector as PgVector
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import DateTime, Integer, Text, func
+from sqlalchemy import DateTime, Index, Integer, Text, func, text
 from sqlmodel import Field, SQLModel
 
 from app.core.config import get_settings
@@ -50,6 +50,34 @@ class BinaryVector(Vector):
             return value.to_numpy() if isinstance(value, PgVector) else value
 
         return process
+
+
+def embedding_indexes(table: str, fts_expression: str) -> tuple[Index, ...]:
+    """What every embedded table has: the pending-work index, full-text GIN, and HNSW."""
+    fts = [
+        Index(
+            f"ix_{table}_fts_{config}",
+            text(f"to_tsvector('{config}'::regconfig, {fts_expression})"),
+            postgresql_using="gin",
+        )
+        for config in ("simple", "english")
+    ]
+    return (
+        # The durable queue: rows whose embedding is missing or was made for another text.
+        Index(
+            f"ix_{table}_embedding_pending",
+            "id",
+            postgresql_where=text("embedding_content_hash IS DISTINCT FROM content_hash"),
+        ),
+        *fts,
+        Index(
+            f"{table}_embedding_hnsw_idx",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with=HNSW_PARAMS,
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
 
 
 def utcnow() -> datetime:

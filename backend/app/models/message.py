@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Column, Computed, DateTime, Index, Text, text
+from sqlalchemy import CheckConstraint, Column, Computed, DateTime, Index, Text
 from sqlmodel import Field
 
 from app.core.enums import ExtractionStatus
 from app.models.base import (
-    HNSW_PARAMS,
     TEXT_HASH_FUNCTION,
     EmbeddedMixin,
     created_at_field,
+    embedding_indexes,
     updated_at_field,
     uuid_pk,
 )
@@ -30,29 +30,7 @@ class Message(EmbeddedMixin, table=True):
         ),
         Index("ix_messages_channel_sent_at", "channel", "sent_at"),
         Index("ix_messages_sent_at", "sent_at"),
-        # The durable queue: rows whose embedding is missing or was made for another text.
-        Index(
-            "ix_messages_embedding_pending",
-            "id",
-            postgresql_where=text("embedding_content_hash IS DISTINCT FROM content_hash"),
-        ),
-        Index(
-            "ix_messages_fts_simple",
-            text("to_tsvector('simple'::regconfig, content)"),
-            postgresql_using="gin",
-        ),
-        Index(
-            "ix_messages_fts_english",
-            text("to_tsvector('english'::regconfig, content)"),
-            postgresql_using="gin",
-        ),
-        Index(
-            "messages_embedding_hnsw_idx",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_with=HNSW_PARAMS,
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
+        *embedding_indexes("messages", MESSAGE_TEXT_SQL),
     )
 
     id: uuid.UUID = uuid_pk()
