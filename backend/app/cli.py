@@ -268,6 +268,40 @@ def bench_index_build(
     console.print(table)
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    rows: Annotated[int, typer.Option(min=100, help="Rows to embed.")] = 20_000,
+    dims: Annotated[int, typer.Option(min=2, max=4000)] = 1536,
+    naive_rows: Annotated[int, typer.Option(min=10)] = 2000,
+    index: Annotated[
+        bool, typer.Option("--index/--no-index", help="Keep the HNSW index while writing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rows/s through the real queue vs a naive loop vs the raw write limit (zero-latency stub)."""
+    from app.bench.pipeline import run as run_bench
+    from app.bench.scratch import scratch_database
+
+    async def go() -> list[Any]:
+        async with scratch_database(get_settings(), "tasktracker_bench_pipeline") as url:
+            return await run_bench(
+                get_settings(), url, rows=rows, dims=dims, naive_rows=naive_rows, index=index
+            )
+
+    results = run(go)
+    if as_json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+        return
+    table = Table(
+        title=f"Pipeline throughput, {dims} dims, HNSW index {'on' if index else 'off'} while writing"
+    )
+    for column in ("system", "rows", "seconds", "rows/s"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.system, f"{r.rows:,}", f"{r.seconds:.2f}", f"{r.rows_per_second:,.0f}")
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
