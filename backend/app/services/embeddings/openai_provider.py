@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,9 @@ class OpenAIProvider:
         if self._dimensions_arg is not None:
             kwargs["dimensions"] = self._dimensions_arg
         try:
-            response = await self._client.embeddings.create(**kwargs)
+            # The raw response: the SDK still does transport, auth and error mapping, but not
+            # the building of one pydantic model per vector (a sixth of the worker's time).
+            raw = await self._client.embeddings.with_raw_response.create(**kwargs)
         except self._openai.APIStatusError as exc:
             detail = _error_detail(exc)
             raise status_error(
@@ -61,7 +64,7 @@ class OpenAIProvider:
                 provider=self.name,
                 retryable=True,
             ) from None
-        return _decode(response.data, len(texts))
+        return _decode(json.loads(raw.http_response.content)["data"], len(texts))
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -77,25 +80,29 @@ def _error_detail(exc: Any) -> str:
     return str(message or "")
 
 
-def _decode(data: Sequence[Any], count: int) -> np.ndarray:
-    ordered = sorted(data, key=lambda item: item.index)
+def _decode(data: Sequence[dict[str, Any]], count: int) -> np.ndarray:
+    ordered = sorted(data, key=lambda item: item["index"])
     if len(ordered) != count:
         raise EmbeddingProviderError(
             f"returned {len(ordered)} vectors for {count} inputs",
             provider="openai",
             retryable=False,
         )
-    rows = [
-        np.frombuffer(base64.b64decode(item.embedding), dtype=np.float32)
-        if isinstance(item.embedding, str)
-        else np.asarray(item.embedding, dtype=np.float32)
-        for item in ordered
-    ]
-    lengths = {row.shape[0] for row in rows}
-    if len(lengths) != 1:
+    if count == 0:
+        return np.empty((0, 0), dtype=np.float32)
+    encoded = [item["embedding"] for item in ordered]
+    if all(isinstance(e, str) for e in encoded):
+        lengths = {len(e) for e in encoded}
+        if len(lengths) == 1 and not encoded[0].endswith("="):
+            # Equal-length, unpadded base64 strings concatenate into one valid string:
+            # one decode and one reshape instead of one of each per vector.
+            flat = np.frombuffer(base64.b64decode("".join(encoded)), dtype=np.float32)
+            return flat.reshape(count, -1)
+        rows = [np.frombuffer(base64.b64decode(e), dtype=np.float32) for e in encoded]
+    else:
+        rows = [np.asarray(e, dtype=np.float32) for e in encoded]
+    if len({row.shape[0] for row in rows}) != 1:
         raise EmbeddingProviderError(
-            f"returned vectors of mixed lengths {sorted(lengths)}",
-            provider="openai",
-            retryable=False,
+            "returned vectors of mixed lengths", provider="openai", retryable=False
         )
-    return np.vstack(rows) if rows else np.empty((0, 0), dtype=np.float32)
+    return np.vstack(rows)
