@@ -1,17 +1,27 @@
 """A small embeddings server on 127.0.0.1 speaking OpenAI's and Ollama's protocols.
 
-    with OpenAIStub(dims=384) as stub:          # in a background thread
-        stub.base_url                            # http://127.0.0.1:PORT/v1 (OpenAI)
+    with OpenAIStub(dims=384, api_key="k") as stub:   # in a background thread, free port
+        stub.base_url                            # http://127.0.0.1:PORT/v1 (OpenAI /v1/embeddings)
         stub.ollama_url                          # http://127.0.0.1:PORT     (Ollama /api/embed)
-        stub.script(429, 500, {"hang": 2}, {"dims": 10})   # the next responses
-        stub.set_latency(ms=200, jitter_ms=50); stub.reject_substring("POISON")
-        stub.stats()                             # requests, inputs, text_counts, max_batch, max_concurrent
+        stub.script(429, 500, {"status": 429, "retry_after": 2}, {"hang": 2}, {"dims": 10})
+        stub.set_latency(ms=200, jitter_ms=50); stub.set_rate_429(0.1)
+        stub.reject_substring("POISON")          # any request holding it gets a 400
+        stub.vector("text")                      # the vector the stub returns for a text
+        stub.stats(); stub.reset()               # see `stats` for the keys
 
-    uv run python -m tests.stubs.openai_stub --port 0 --dims 1536   # as a process; prints its URL
+    uv run python -m tests.stubs.openai_stub --port 0 --dims 1536 --latency-ms 0 [--api-key K]
+        # as a process: prints its base URL on the first stdout line; stops on SIGTERM/Ctrl-C
+
+Scripted steps apply to the next requests, one each: an int status (429 comes with
+Retry-After: 1), {"status": s, "retry_after": seconds}, {"hang": seconds} (sleep, then answer:
+a client with a shorter timeout gives up), {"dims": n} (answer with n-dimensional vectors).
+Over HTTP: POST /_stub/control with any of {"script": [...], "latency_ms", "jitter_ms",
+"rate_429", "reject_substring", "api_key", "clear_script": true, "reset": true};
+GET /_stub/stats. Every request to an embeddings endpoint counts, refused ones too.
 
 Vectors are deterministic per text (a pool of precomputed unit vectors picked by a hash), and
 base64 responses are assembled from pre-encoded strings so the stub stays cheap at thousands
-of vectors per second. Control also works over HTTP: POST /_stub/control, GET /_stub/stats.
+of vectors per second.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import base64
 import hashlib
 import json
 import random
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -96,6 +107,9 @@ class OpenAIStub:
         self.rejected = text
 
     def stats(self) -> dict[str, Any]:
+        """requests (all, refused too), inputs (served), text_counts {text: times served},
+        max_batch (most inputs in one request), max_concurrent (requests in flight at once),
+        errors_sent (error responses)."""
         with self._lock:
             return {
                 "requests": self.requests,
@@ -115,6 +129,11 @@ class OpenAIStub:
             self.set_rate_429(body["rate_429"])
         if "reject_substring" in body:
             self.reject_substring(body["reject_substring"])
+        if "api_key" in body:
+            self.api_key = body["api_key"]
+        if body.get("clear_script"):
+            with self._lock:
+                self._script.clear()
         if body.get("reset"):
             self.reset()
 
@@ -127,13 +146,15 @@ class OpenAIStub:
 
     def vector(self, text: str, dims: int | None = None) -> np.ndarray:
         """The vector this stub returns for `text`."""
-        return self.pool(dims or self.dims).vectors[_Pool.slot(text)]
+        vector: np.ndarray = self.pool(dims or self.dims).vectors[_Pool.slot(text)]
+        return vector
 
     async def _pre(self, request: Request, inputs: list[str]) -> tuple[Response | None, int]:
+        with self._lock:
+            self.requests += 1
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided"), self.dims
         with self._lock:
-            self.requests += 1
             step = self._script.popleft() if self._script else None
         dims = self.dims
         if isinstance(step, dict) and "hang" in step:
@@ -181,8 +202,9 @@ class OpenAIStub:
         return await self._track(self._openai(request))
 
     async def _openai(self, request: Request) -> Response:
-        body = await request.json()
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        body, inputs = await _parse(request)
+        if body is None:
+            return _error(400, "the body must be JSON with an 'input'")
         failure, dims = await self._pre(request, inputs)
         if failure is not None:
             return failure
@@ -216,8 +238,9 @@ class OpenAIStub:
         return await self._track(self._ollama(request))
 
     async def _ollama(self, request: Request) -> Response:
-        body = await request.json()
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        body, inputs = await _parse(request)
+        if body is None:
+            return _error(400, "the body must be JSON with an 'input'")
         failure, dims = await self._pre(request, inputs)
         if failure is not None:
             return failure
@@ -293,28 +316,45 @@ class OpenAIStub:
         self.stop()
 
 
+async def _parse(request: Request) -> tuple[dict[str, Any] | None, list[str]]:
+    """The JSON body and its inputs as strings (token arrays become their repr)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return None, []
+    if not isinstance(body, dict) or "input" not in body:
+        return None, []
+    raw = body["input"]
+    is_token_array = isinstance(raw, list) and bool(raw) and isinstance(raw[0], int)
+    items = raw if isinstance(raw, list) and not is_token_array else [raw]
+    return body, [item if isinstance(item, str) else str(item) for item in items]
+
+
 def _error(status: int, message: str, retry_after: float | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     body = {"error": {"message": message, "type": "stub_error", "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def main() -> None:
+def main(stub_class: type[OpenAIStub] | None = None) -> None:
+    """Run a stub until interrupted; the first stdout line is its base URL."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dims", type=int, default=1536)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--rate-429", type=float, default=0.0)
+    parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
-    stub = OpenAIStub(dims=args.dims, port=args.port)
+    stub = (stub_class or OpenAIStub)(dims=args.dims, api_key=args.api_key, port=args.port)
     stub.set_latency(args.latency_ms, args.jitter_ms)
     stub.set_rate_429(args.rate_429)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stub.start()
     print(stub.base_url, flush=True)  # noqa: T201 - the parent reads the URL from stdout
     try:
-        while True:
-            time.sleep(3600)
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:

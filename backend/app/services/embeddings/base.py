@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -11,6 +12,9 @@ import numpy as np
 from app.core.enums import ProviderType
 
 Kind = Literal["document", "query"]
+
+# Key-like tokens a server may echo back in an error body ("Incorrect API key provided: sk-...").
+_KEY_LIKE = re.compile(r"\b(?:sk|pk|key|api[-_]?key)[-_][A-Za-z0-9*_\-.]{6,}", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,21 @@ class EmbeddingProvider(Protocol):
     async def aclose(self) -> None:
         """Release clients."""
         ...
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` (an error body from a server) with the key and anything key-like masked."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _KEY_LIKE.sub("***", text)
+
+
+def retry_after_header(headers: Mapping[str, str]) -> str | None:
+    """Retry-After in seconds (or an HTTP date), also from OpenAI's and Azure's retry-after-ms."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return str(float(millis) / 1000)
+        except ValueError:
+            pass
+    return headers.get("retry-after")

