@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.commands.tokens import token_app
 from app.core.config import get_settings
 from app.core.errors import AppError
 
@@ -224,6 +225,8 @@ def demo(
     if as_json:
         sys.stdout.write(dump_json(report) + "\n")
 
+
+app.add_typer(token_app, name="token")
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures measured side by side.")
 app.add_typer(bench_app, name="bench")

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.auth import is_loopback
 from app.api.errors import install_error_handlers
 from app.api.v1.router import api_router
 from app.core.config import Settings, get_settings
+from app.core.errors import ConfigurationError
 from app.core.log import configure_logging
 from app.schemas.errors import error_responses
 
+logger = logging.getLogger(__name__)
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API app; the database engine and the broker open in the lifespan."""
+
+def check_auth_bind(settings: Settings, host: str) -> None:
+    """Auth may be off only while the API listens on loopback; any other address is refused."""
+    if settings.auth_enabled:
+        return
+    if not is_loopback(host):
+        raise ConfigurationError(
+            f"AUTH_ENABLED=false, but the API would listen on {host}: without tokens it may "
+            "listen on 127.0.0.1, ::1 or localhost only. Fix: bind 127.0.0.1 (API_HOST or "
+            "--host), or turn auth on (unset AUTH_ENABLED) and create a token with "
+            "`tasktracker token create --scope search`."
+        )
+    logger.warning("AUTH_ENABLED=false: the API answers without tokens on %s", host)
+
+
+def create_app(settings: Settings | None = None, *, host: str | None = None) -> FastAPI:
+    """Build the API app; the database engine and the broker open in the lifespan.
+
+    `host` is the address the server binds (default API_HOST); with auth off it must be loopback.
+    """
     settings = settings or get_settings()
+    check_auth_bind(settings, host or settings.api_host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,7 +66,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def uvicorn_bind_address() -> str | None:
+    """What uvicorn's command line binds (`--host`, `--uds`, `--fd`) when it is the one calling.
+
+    Every way the project starts the API (`tasktracker services`, the demo, the Dockerfile) runs
+    `uvicorn app.main:create_app_from_env --factory --host ...`; the factory is called inside
+    uvicorn's click command, whose parameters say where it will listen.
+    """
+    import click
+
+    context = click.get_current_context(silent=True)
+    params = context.params if context is not None else {}
+    if "factory" not in params or "host" not in params:
+        return None
+    if params.get("uds"):
+        return f"unix:{params['uds']}"
+    if params.get("fd") is not None:
+        return f"fd:{params['fd']}"
+    return str(params["host"])
+
+
 def create_app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory`."""
-    configure_logging(get_settings().log_level)
-    return create_app()
+    """Factory for `uvicorn --factory`; refuses to start (exit 1, one line) on a bad setup."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    try:
+        return create_app(settings, host=uvicorn_bind_address())
+    except ConfigurationError as exc:
+        logger.error("the API refuses to start: %s", exc.message)
+        raise SystemExit(1) from None

@@ -14,6 +14,8 @@ from app.api.state import AppState
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
 from app.main import create_app
+from app.models.api_token import TokenScope
+from app.services import token_service
 from app.services.embedding_jobs import embed_rows
 from app.services.entities import MESSAGES
 from tests.stubs.openai_stub import OpenAIStub
@@ -46,8 +48,13 @@ async def api(
     engine = create_async_engine(to_asyncpg_url(url))
     state = AppState(settings)
     app.state.tt = state  # the lifespan's job, done here so the test owns it
+    async with state.sessions() as session:
+        token, _ = await token_service.create_token(session, TokenScope.admin, "test_api")
+        await session.commit()
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"Authorization": f"Bearer {token}"},
     ) as client:
         yield client, engine, state
     await state.close()

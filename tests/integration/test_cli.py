@@ -1,15 +1,20 @@
-"""The command line as a user runs it: status, shared embedded servers, clear errors, the demo."""
+"""The command line as a user runs it: status, shared embedded servers, clear errors, tokens, the demo."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.schemas.search import MessageSearchRequest
+from app.services import token_service
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,6 +143,45 @@ def test_worker_refuses_a_provider_that_does_not_fit_the_column(
     assert "Traceback" not in result.stderr
 
 
+async def test_token_create_list_revoke(db_url: str, engine: AsyncEngine, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": db_url, "DATA_DIR": str(tmp_path)}
+    created = cli("token", "create", "--scope", "search", "--name", "ci bot", env=env)
+    assert created.returncode == 0, created.stderr
+    found = re.search(r"tt_[A-Za-z0-9_-]{43}", created.stdout)
+    assert found is not None, created.stdout
+    token = found.group(0)
+    curl = next(line.strip() for line in created.stdout.splitlines() if "curl " in line)
+    assert curl.startswith(f'curl -H "Authorization: Bearer {token}" -X POST http://127.0.0.1:')
+    assert "/api/v1/semantic_search/messages -H 'Content-Type: application/json' -d '" in curl
+    MessageSearchRequest.model_validate_json(curl.split(" -d '", 1)[1].removesuffix("'"))
+    quiet = cli("token", "create", "--scope", "admin", "-q", env=env)
+    assert re.fullmatch(r"tt_[A-Za-z0-9_-]{43}\n", quiet.stdout), quiet.stdout
+
+    async with engine.connect() as conn:
+        assert await token_service.authenticate(conn, token) == "search"  # type: ignore[arg-type]
+    listed = cli("token", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    mine = [row for row in json.loads(listed.stdout) if row["prefix"] == token[3:11]]
+    assert len(mine) == 1 and mine[0]["scope"] == "search" and mine[0]["name"] == "ci bot"
+    assert mine[0]["revoked_at"] is None and set(mine[0]) >= {"id", "created_at", "last_used_at"}
+    assert token[3:] not in listed.stdout and "hash" not in listed.stdout
+    assert f"tt_{token[3:11]}" in cli("token", "list", env=env).stdout
+
+    revoked = cli("token", "revoke", token[3:11], env=env)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.stderr
+    again = cli("token", "revoke", mine[0]["id"], env=env)
+    assert again.returncode == 0 and "already revoked" in again.stdout
+    async with engine.connect() as conn:
+        assert await token_service.authenticate(conn, token) is None  # type: ignore[arg-type]
+    after = json.loads(cli("token", "list", "--json", env=env).stdout)
+    assert next(row for row in after if row["id"] == mine[0]["id"])["revoked_at"] is not None
+
+    unknown = cli("token", "revoke", "zzzzzzzz", env=env)
+    assert unknown.returncode == 1 and "Fix:" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    assert cli("token", "create", "--scope", "root", env=env).returncode == 2
+
+
 @pytest.mark.slow
 def test_demo_json_reports_the_measured_cure(tmp_path: Path) -> None:
     result = cli("demo", "--json", env={"DATA_DIR": str(tmp_path / "data")}, timeout=300)
@@ -151,6 +195,7 @@ def test_demo_json_reports_the_measured_cure(tmp_path: Path) -> None:
     assert before["results"] == 0 and report["api"]["results"] == 5
     assert report["api"]["latency_ms_p50"] > 0 and report["hook"]["new_atoms"] > 0
     assert report["api"]["hybrid"]["hybrid_rank"] == 1
+    assert report["api"]["auth"] == {"token_scope": "search", "status_without_token": 401}
     assert set(report["api"]["top"][:3]) & set(
         json.loads((REPO / "backend/app/demo/data/meta.json").read_text())["bug_fix_message_ids"]
     )

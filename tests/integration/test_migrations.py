@@ -26,6 +26,7 @@ async def test_schema_has_tables_extension_and_vector_columns(session: AsyncSess
         "topic_atoms",
         "atom_messages",
         "llm_providers",
+        "api_tokens",
     } <= tables
     version = (
         await session.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
@@ -68,7 +69,7 @@ def test_upgrade_twice_downgrade_and_upgrade_again(postgres: PostgresForTests) -
         ):
             result = alembic(url, *args)
             assert result.returncode == 0, (args, result.stderr)
-        assert "0002 (head)" in alembic(url, "current").stdout
+        assert "0003 (head)" in alembic(url, "current").stdout
         check = alembic(url, "check")
         assert check.returncode == 0, check.stdout + check.stderr
         assert "No new upgrade operations detected" in check.stdout + check.stderr

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     # API.
     api_host: str = "127.0.0.1"
+    # Bearer tokens on every route but health. Off only for local development: the API then
+    # refuses to bind anything but the loopback interface.
+    auth_enabled: bool = True
     api_port: int = Field(default=8000, ge=0, le=65535)
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)

@@ -6,9 +6,11 @@ import logging
 import re
 
 _SECRET_PATTERNS = (
-    re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\b(sk-[A-Za-z0-9_-]{4})[A-Za-z0-9_-]+"),
-    re.compile(r"\b(tt_[A-Za-z0-9]{4})[A-Za-z0-9_-]+"),
+    # API tokens: "tt_" + 43 urlsafe characters (which may begin with "-" or "_"); nothing kept.
+    # Twenty or more, so identifiers such as tt_text_hash stay readable.
+    re.compile(r"(?<![A-Za-z0-9])(tt_)[A-Za-z0-9_-]{20,}"),
 )
 
 

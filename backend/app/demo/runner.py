@@ -5,8 +5,9 @@
 2. `alembic upgrade head`: HNSW indexes built CONCURRENTLY and verified;
 3. the backfill through NATS JetStream and a real worker process;
 4. new messages and knowledge extraction: the hook alone embeds what it produced;
-5. the team's validation call through the real API (uvicorn), the plan, the latency;
-6. a before/after table, every figure measured in this run.
+5. the team's validation call through the real API (uvicorn, bearer token of search scope),
+   the plan, the latency;
+6. a before/after table, every figure measured in this run, and a ready curl line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.commands.tokens import curl_example
 from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
@@ -37,8 +39,9 @@ from app.core.supervisor import Child, api_child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url, to_libpq_url, with_database
 from app.db import create_engine, session_factory
 from app.demo import loader
+from app.models.api_token import TokenScope
 from app.services import semantic_search_service as search
-from app.services import status_service
+from app.services import status_service, token_service
 from app.services.backfill_service import BackfillPlan, run_backfill
 from app.services.embedding_service import EmbeddingService
 from app.services.embeddings import ProviderSpec, build_provider
@@ -72,6 +75,7 @@ class Demo:
     nats: str = ""
     spec: ProviderSpec | None = None
     query_service: EmbeddingService | None = None
+    token: str = ""
 
     def say(self, message: str) -> None:
         if not self.options.as_json:
@@ -125,6 +129,7 @@ async def run_demo(options: DemoOptions, settings: Settings, console: Console) -
         await step_hook(demo)
         await step_validate(demo)
         step_summary(demo)
+        show_try_it(demo)
         demo.report["seconds"] = round(time.perf_counter() - started, 1)
         if options.serve:
             await serve_forever(demo)
@@ -471,13 +476,27 @@ async def _wait_ready(base: str, timeout: float = 30.0) -> None:
     raise ConfigurationError("the API did not start")
 
 
+async def create_demo_token(demo: Demo) -> str:
+    """A search-scope token in the demo database: all the validation call needs."""
+    assert demo.engine is not None
+    async with session_factory(demo.engine)() as session:
+        token, _ = await token_service.create_token(session, TokenScope.search, "demo")
+        await session.commit()
+    return token
+
+
 async def step_validate(demo: Demo) -> None:
     demo.step(5, "The team's validation call, through the real API")
     base = start_api(demo)
     await _wait_ready(base)
     url = f"{base}/api/v1/semantic_search/messages"
+    async with httpx.AsyncClient(timeout=30.0) as anonymous:
+        refused = (await anonymous.post(url, json={"query": QUERY, "limit": 5})).status_code
+    demo.token = await create_demo_token(demo)
+    demo.say(f"without a token: HTTP {refused}; with a token of scope search:")
     demo.say(f'POST {url} {{"query": "{QUERY}", "limit": 5}}')
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    headers = {"Authorization": f"Bearer {demo.token}"}
+    async with httpx.AsyncClient(timeout=30.0, headers=headers) as client:
         body = (await client.post(url, json={"query": QUERY, "limit": 5})).raise_for_status().json()
         for rank, hit in enumerate(body["results"], start=1):
             content = " ".join(hit["item"]["content"].split())[:90]
@@ -494,6 +513,7 @@ async def step_validate(demo: Demo) -> None:
         "latency_ms_p50": round(statistics.median(latencies), 2),
         "hybrid": hybrid,
         "url": base,
+        "auth": {"token_scope": TokenScope.search.value, "status_without_token": refused},
     }
     demo.report["after"] = await snapshot(demo)
     demo.say(f"plan: {describe_plan(demo.report['after']['plan'])}")
@@ -565,12 +585,20 @@ def step_summary(demo: Demo) -> None:
         demo.console.print(table)
 
 
+def show_try_it(demo: Demo) -> None:
+    """The validation call as a ready curl line, with the demo's token."""
+    if demo.options.as_json:
+        return
+    line = curl_example(demo.token, demo.report["api"]["url"])
+    if demo.options.serve:
+        demo.say("\nserving until Ctrl-C. Try (the demo's search-scope token):")
+    else:
+        demo.say("\nThe same call with the demo's token (`--serve` keeps the API up to answer it):")
+    # soft_wrap: one line however narrow the terminal, so it can be pasted.
+    demo.console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
+
+
 async def serve_forever(demo: Demo) -> None:
-    base = demo.report["api"]["url"]
-    demo.say(
-        f"\nserving until Ctrl-C. Try:\n  curl -X POST {base}/api/v1/semantic_search/messages "
-        '-H \'Content-Type: application/json\' -d \'{"query": "bug fix", "limit": 5}\''
-    )
     while all(child.exited() is None for child in demo.children):
         await asyncio.sleep(0.5)
 

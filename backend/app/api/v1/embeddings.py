@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter
 from sqlalchemy import text
 
+from app.api.auth import AUTH_RESPONSES, SearchAccess, WriteAccess, forbidden
 from app.api.deps import SessionDep, StateDep
 from app.core.errors import AppError, NotFoundError
+from app.models.api_token import TokenScope
 from app.schemas.embeddings import (
     CoverageOut,
     EmbeddingStatus,
@@ -24,10 +27,13 @@ from app.services.embedding_queue import PendingFilter, needing_embedding, pendi
 from app.services.entities import ATOMS, MESSAGES, Entity
 from app.tasks.embedding_tasks import enqueuer
 
-router = APIRouter(prefix="/embeddings", tags=["embeddings"])
+router = APIRouter(prefix="/embeddings", tags=["embeddings"], responses=AUTH_RESPONSES)
+Granted = Annotated[TokenScope, WriteAccess]
 
 
-@router.get("/status", summary="Coverage, index health and the provider")
+@router.get(
+    "/status", summary="Coverage, index health and the provider", dependencies=[SearchAccess]
+)
 async def embedding_status(state: StateDep, session: SessionDep) -> EmbeddingStatus:
     """Total, embedded, stale, pending and parked rows per entity; HNSW index validity."""
     provider, provider_error = None, None
@@ -56,7 +62,12 @@ async def embedding_status(state: StateDep, session: SessionDep) -> EmbeddingSta
     )
 
 
-async def _enqueue(state: StateDep, entity: Entity, body: EnqueueRequest) -> EnqueueResponse:
+async def _enqueue(
+    state: StateDep, entity: Entity, body: EnqueueRequest, granted: TokenScope
+) -> EnqueueResponse:
+    # Queueing every row without a current embedding is a backfill: admin only.
+    if body.all_missing and not granted.covers(TokenScope.admin):
+        raise forbidden(TokenScope.admin, granted)
     enqueue = enqueuer(str(body.provider_id) if body.provider_id else None)
     batch = state.settings.task_batch_size
     queued = failed = skipped = 0
@@ -74,15 +85,17 @@ async def _enqueue(state: StateDep, entity: Entity, body: EnqueueRequest) -> Enq
 
 
 @router.post("/messages/batch", summary="Queue message embeddings")
-async def enqueue_messages(body: EnqueueRequest, state: StateDep) -> EnqueueResponse:
-    """Queue embedding tasks for the given message ids, or for every message that needs one."""
-    return await _enqueue(state, MESSAGES, body)
+async def enqueue_messages(
+    granted: Granted, body: EnqueueRequest, state: StateDep
+) -> EnqueueResponse:
+    """Queue embedding tasks for the given message ids, or (admin) every message needing one."""
+    return await _enqueue(state, MESSAGES, body, granted)
 
 
 @router.post("/atoms/batch", summary="Queue atom embeddings")
-async def enqueue_atoms(body: EnqueueRequest, state: StateDep) -> EnqueueResponse:
-    """Queue embedding tasks for the given atom ids, or for every atom that needs one."""
-    return await _enqueue(state, ATOMS, body)
+async def enqueue_atoms(granted: Granted, body: EnqueueRequest, state: StateDep) -> EnqueueResponse:
+    """Queue embedding tasks for the given atom ids, or (admin) every atom needing one."""
+    return await _enqueue(state, ATOMS, body, granted)
 
 
 async def _embed_now(
@@ -103,7 +116,7 @@ async def _embed_now(
     return EmbedNowResponse(id=row_id, **stats.as_dict())
 
 
-@router.post("/messages/{message_id}", summary="Embed one message now")
+@router.post("/messages/{message_id}", summary="Embed one message now", dependencies=[WriteAccess])
 async def embed_message_now(
     message_id: uuid.UUID, state: StateDep, session: SessionDep
 ) -> EmbedNowResponse:
@@ -111,7 +124,7 @@ async def embed_message_now(
     return await _embed_now(state, session, MESSAGES, message_id)
 
 
-@router.post("/atoms/{atom_id}", summary="Embed one atom now")
+@router.post("/atoms/{atom_id}", summary="Embed one atom now", dependencies=[WriteAccess])
 async def embed_atom_now(
     atom_id: uuid.UUID, state: StateDep, session: SessionDep
 ) -> EmbedNowResponse:

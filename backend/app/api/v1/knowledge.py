@@ -7,12 +7,15 @@ import logging
 from fastapi import APIRouter, status
 from sqlalchemy import text
 
+from app.api.auth import AUTH_RESPONSES, WriteAccess
 from app.api.deps import SessionDep
 from app.core.errors import ValidationError
 from app.schemas.embeddings import ExtractRequest, ExtractResponse
 from app.tasks.knowledge_tasks import extract_knowledge_from_messages_task
 
-router = APIRouter(prefix="/knowledge", tags=["knowledge"])
+router = APIRouter(
+    prefix="/knowledge", tags=["knowledge"], dependencies=[WriteAccess], responses=AUTH_RESPONSES
+)
 logger = logging.getLogger(__name__)
 
 

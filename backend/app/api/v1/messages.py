@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from app.api.auth import AUTH_RESPONSES, SearchAccess, WriteAccess
 from app.api.deps import SessionDep, StateDep
 from app.models.message import Message
 from app.schemas.common import NoNul
@@ -23,7 +24,7 @@ from app.services.embedding_queue import publish
 from app.services.entities import MESSAGES
 from app.tasks.embedding_tasks import enqueuer
 
-router = APIRouter(prefix="/messages", tags=["messages"])
+router = APIRouter(prefix="/messages", tags=["messages"], responses=AUTH_RESPONSES)
 
 
 def message_out(message: Message) -> MessageOut:
@@ -47,13 +48,23 @@ async def _ingest(state: StateDep, session: SessionDep, items: list[MessageIn]) 
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Ingest one message")
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Ingest one message",
+    dependencies=[WriteAccess],
+)
 async def create_message(body: MessageIn, state: StateDep, session: SessionDep) -> MessagesCreated:
     """Store a message and queue its embedding (a known external_id is not stored twice)."""
     return await _ingest(state, session, [body])
 
 
-@router.post("/batch", status_code=status.HTTP_201_CREATED, summary="Import messages in bulk")
+@router.post(
+    "/batch",
+    status_code=status.HTTP_201_CREATED,
+    summary="Import messages in bulk",
+    dependencies=[WriteAccess],
+)
 async def import_messages(
     body: MessageBatchIn, state: StateDep, session: SessionDep
 ) -> MessagesCreated:
@@ -61,7 +72,7 @@ async def import_messages(
     return await _ingest(state, session, body.messages)
 
 
-@router.get("", summary="List messages")
+@router.get("", summary="List messages", dependencies=[SearchAccess])
 async def list_messages(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -75,13 +86,13 @@ async def list_messages(
     )
 
 
-@router.get("/{message_id}", summary="Read a message")
+@router.get("/{message_id}", summary="Read a message", dependencies=[SearchAccess])
 async def get_message(message_id: uuid.UUID, session: SessionDep) -> MessageOut:
     """One message with its embedding state."""
     return message_out(await message_service.get_message(session, message_id))
 
 
-@router.patch("/{message_id}", summary="Update a message")
+@router.patch("/{message_id}", summary="Update a message", dependencies=[WriteAccess])
 async def update_message(
     message_id: uuid.UUID, body: MessageUpdate, state: StateDep, session: SessionDep
 ) -> MessageOut:

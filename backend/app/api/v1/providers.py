@@ -9,6 +9,7 @@ from fastapi import APIRouter, status
 from sqlalchemy import select, update
 from sqlmodel import col
 
+from app.api.auth import AUTH_RESPONSES, AdminAccess
 from app.api.deps import SessionDep, StateDep
 from app.core.errors import AppError, NotFoundError
 from app.core.security import encrypt_secret
@@ -16,7 +17,9 @@ from app.models.provider import LLMProvider
 from app.schemas.embeddings import ProviderCreate, ProviderOut, ProviderTestOut, ProviderUpdate
 from app.services import provider_service
 
-router = APIRouter(prefix="/providers", tags=["providers"])
+router = APIRouter(
+    prefix="/providers", tags=["providers"], dependencies=[AdminAccess], responses=AUTH_RESPONSES
+)
 
 
 def provider_out(row: LLMProvider) -> ProviderOut:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from app.api.auth import AUTH_RESPONSES, SearchAccess
 from app.api.deps import SessionDep, StateDep
 from app.schemas.search import (
     AtomSearchRequest,
@@ -19,7 +20,12 @@ from app.schemas.search import (
 from app.services import semantic_search_service as search
 from app.services.entities import ATOMS, MESSAGES, Entity
 
-router = APIRouter(prefix="/semantic_search", tags=["semantic search"])
+router = APIRouter(
+    prefix="/semantic_search",
+    tags=["semantic search"],
+    dependencies=[SearchAccess],
+    responses=AUTH_RESPONSES,
+)
 
 
 def _tuning(state: StateDep) -> search.SearchTuning:

@@ -1,0 +1,98 @@
+"""Bearer-token access control: `require(scope)` guards every route but health.
+
+Missing, malformed, unknown and revoked tokens get the same 401, so a caller learns nothing
+about which tokens exist; a valid token whose scope is too narrow gets 403 naming the scope
+needed. With AUTH_ENABLED=false (development) requests that reach the API over the loopback
+interface need no token; the API refuses to start on any other address (app.main), and a
+request that arrives on another one anyway (a server started some other way) still needs one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.api.deps import StateDep
+from app.models.api_token import TokenScope
+from app.schemas.errors import error_responses
+from app.services import token_service
+
+# auto_error=False: the 401 is ours, in the API's error shape and with its challenge header.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A token from `tasktracker token create`: `Authorization: Bearer tt_...`.",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+AUTH_RESPONSES = error_responses(401, 403)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, localhost, or a Unix socket ("unix:/path"): reachable from this machine only."""
+    if host == "localhost" or host.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _arrived_on_loopback(request: Request) -> bool:
+    server = request.scope.get("server")  # (host, port), or (path, None) for a Unix socket
+    if server is None:
+        return False
+    host = str(server[0])
+    return is_loopback(host) or (server[1] is None and host.startswith("/"))
+
+
+def unauthorized(*, token_given: bool) -> HTTPException:
+    """The one 401: the same words whether the token is missing, unknown or revoked."""
+    challenge = 'Bearer error="invalid_token"' if token_given else "Bearer"
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        "missing or invalid bearer token",
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def forbidden(needed: TokenScope, granted: TokenScope) -> HTTPException:
+    """403 for a valid token whose scope does not cover `needed`."""
+    return HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        f"this token's scope ({granted.value}) does not allow this request; it needs "
+        f"{needed.value}",
+        headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed.value}"'},
+    )
+
+
+def require(scope: TokenScope) -> Callable[..., Awaitable[TokenScope]]:
+    """A dependency that admits a request whose bearer token covers `scope`; returns its scope."""
+
+    async def check(request: Request, state: StateDep, credentials: Credentials) -> TokenScope:
+        if not state.settings.auth_enabled and _arrived_on_loopback(request):
+            return TokenScope.admin
+        if credentials is None:
+            raise unauthorized(token_given=False)
+        # Its own short session, committed before the route runs: the route's session and
+        # transaction stay the route's (and a last_used_at update is not lost to a rollback).
+        async with state.sessions() as session:
+            granted = await token_service.authenticate(session, credentials.credentials)
+            await session.commit()
+        if granted is None:
+            raise unauthorized(token_given=True)
+        if not granted.covers(scope):
+            raise forbidden(scope, granted)
+        return granted
+
+    check.__name__ = f"require_{scope.value}"
+    return check
+
+
+SearchAccess = Depends(require(TokenScope.search))
+WriteAccess = Depends(require(TokenScope.write))
+AdminAccess = Depends(require(TokenScope.admin))

@@ -1,0 +1,319 @@
+"""Bearer-token access control through the real app and database: 401, 403, revocation, storage."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
+from sqlalchemy import text
+
+from app.api.state import AppState
+from app.commands.tokens import SCOPES
+from app.core.config import Settings
+from app.core.embedded import free_port
+from app.core.errors import ConfigurationError
+from app.core.log import RedactSecrets
+from app.core.supervisor import api_child, stop_all
+from app.main import create_app
+from app.models.api_token import TokenScope
+from app.services import token_service
+from tests.stubs.openai_stub import OpenAIStub
+
+KEY = "sk-auth-test-secret-123456"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+    state: AppState
+
+    async def token(self, scope: TokenScope) -> str:
+        async with self.state.sessions() as session:
+            token, _ = await token_service.create_token(session, scope, f"test {scope}")
+            await session.commit()
+        return token
+
+    async def call(self, method: str, path: str, token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        body = {} if method in ("POST", "PATCH") else None
+        return await self.client.request(method, path, headers=headers, json=body)
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[OpenAIStub]:
+    with OpenAIStub(dims=384, api_key=KEY) as server:
+        yield server
+
+
+def settings_for(url: str, stub: OpenAIStub, nats_url: str, **extra: object) -> Settings:
+    return Settings(
+        database_url=url,
+        nats_url=nats_url,
+        nats_stream=f"auth{uuid.uuid4().hex[:8]}",
+        embedding_provider="openai",
+        embedding_model="text-embedding-3-small",
+        embedding_base_url=stub.base_url,
+        embedding_api_key=KEY,  # type: ignore[arg-type]
+        embedding_dimensions=384,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def open_api(settings: Settings, base_url: str = "http://test") -> Api:
+    app = create_app(settings)
+    state = AppState(settings)
+    app.state.tt = state  # the lifespan's job, done here so the test owns it
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+    return Api(app, client, state)
+
+
+@pytest.fixture
+async def api(make_db: Callable[[], str], stub: OpenAIStub, nats_url: str) -> AsyncIterator[Api]:
+    opened = await open_api(settings_for(make_db(), stub, nats_url))
+    yield opened
+    await opened.client.aclose()
+    await opened.state.close()
+
+
+def protected_calls(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every API route but health, path parameters filled with a uuid."""
+    routes = [
+        (method, context.path)
+        for context in iter_route_contexts(app.routes)  # included routers, flattened
+        if isinstance(context.original_route, APIRoute)
+        for method in sorted(context.methods or ())
+    ]
+    documented = [
+        (method.upper(), path) for path, ops in app.openapi()["paths"].items() for method in ops
+    ]
+    assert sorted(routes) == sorted(documented)  # nothing hidden from either list
+    return [
+        (method, re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path))
+        for method, path in routes
+        if not path.startswith("/api/v1/health")
+    ]
+
+
+async def test_every_route_but_health_is_401_without_a_valid_token(api: Api) -> None:
+    calls = protected_calls(api.app)
+    assert len(calls) >= 15
+    unknown = "tt_" + "A" * 43
+    for method, path in calls:
+        for token in (None, unknown, "not-a-token"):
+            response = await api.call(method, path, token)
+            assert response.status_code == 401, (method, path, token, response.text)
+            assert response.json() == {"error": "missing or invalid bearer token", "detail": None}
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        basic = await api.client.request(method, path, headers={"Authorization": "Basic eDp5"})
+        assert basic.status_code == 401, (method, path)
+    assert (await api.call("GET", "/api/v1/health/live")).status_code == 200
+    assert (await api.call("GET", "/api/v1/health/ready")).status_code in (200, 503)
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_route_but_health(api: Api) -> None:
+    schema = api.app.openapi()
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from `tasktracker token create`: `Authorization: Bearer tt_...`.",
+    }
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            secured = operation.get("security") == [{"bearer": []}]
+            assert secured != path.startswith("/api/v1/health"), (method, path)
+            if secured:
+                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+
+
+async def test_scopes_are_ordered_and_enforced(api: Api) -> None:
+    search, write, admin = [await api.token(scope) for scope in TokenScope]
+    message = {"author": "a", "channel": "c", "content": "deploy broke checkout"}
+    provider_id = uuid.uuid4()
+    writes = [
+        ("POST", "/api/v1/messages", message),
+        ("POST", "/api/v1/messages/batch", {"messages": [message]}),
+        ("PATCH", f"/api/v1/messages/{uuid.uuid4()}", {"content": "x"}),
+        ("POST", "/api/v1/embeddings/messages/batch", {"ids": [str(uuid.uuid4())]}),
+        ("POST", "/api/v1/knowledge/extract", {"message_ids": [str(uuid.uuid4())]}),
+    ]
+    admins = [
+        ("GET", "/api/v1/providers", None),
+        ("POST", "/api/v1/providers", {"name": "p", "type": "local"}),
+        ("PATCH", f"/api/v1/providers/{provider_id}", {"name": "q"}),
+        ("POST", f"/api/v1/providers/{provider_id}/test", None),
+        ("POST", "/api/v1/embeddings/messages/batch", {"all_missing": True}),  # a backfill
+        ("POST", "/api/v1/embeddings/atoms/batch", {"all_missing": True}),
+    ]
+
+    async def status(method: str, path: str, body: object, token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        response = await api.client.request(method, path, json=body, headers=headers)
+        if response.status_code == 403:
+            assert response.json()["error"].startswith("this token's scope"), response.text
+        return response.status_code
+
+    for method, path, body in writes + admins:
+        assert await status(method, path, body, search) == 403, (method, path)
+    for method, path, body in admins:
+        assert await status(method, path, body, write) == 403, (method, path)
+    # A scope covers the ones below it: admin may ingest, write may read.
+    assert await status("POST", "/api/v1/messages", message, write) == 201
+    assert await status("POST", "/api/v1/messages/batch", {"messages": [message]}, admin) == 201
+    assert await status("GET", "/api/v1/providers", None, admin) == 200
+    for token in (search, write, admin):
+        query = {"query": "checkout", "limit": 5}
+        assert await status("POST", "/api/v1/semantic_search/messages", query, token) == 200
+        assert await status("GET", "/api/v1/messages", None, token) == 200
+        assert await status("GET", "/api/v1/embeddings/status", None, token) == 200
+
+
+async def test_a_revoked_token_is_refused_like_an_unknown_one(api: Api) -> None:
+    token = await api.token(TokenScope.search)
+    assert (await api.call("GET", "/api/v1/messages", token)).status_code == 200
+    async with api.state.sessions() as session:
+        info, was_active = await token_service.revoke_token(session, token[3:11])
+        await session.commit()
+    assert was_active and info.revoked_at is not None
+    revoked = await api.call("GET", "/api/v1/messages", token)
+    unknown = await api.call("GET", "/api/v1/messages", "tt_" + "B" * 43)
+    assert revoked.status_code == unknown.status_code == 401
+    assert revoked.json() == unknown.json()
+    assert revoked.headers["www-authenticate"] == unknown.headers["www-authenticate"]
+
+
+async def test_the_table_holds_no_plain_token_and_last_use_is_recorded(api: Api) -> None:
+    tokens = {scope: await api.token(scope) for scope in TokenScope}
+    assert all(re.fullmatch(r"tt_[A-Za-z0-9_-]{43}", token) for token in tokens.values())
+    assert (await api.call("GET", "/api/v1/messages", tokens[TokenScope.search])).status_code == 200
+    async with api.state.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT t::text FROM api_tokens t"))).scalars().all()
+        hashes = set((await conn.execute(text("SELECT token_hash FROM api_tokens"))).scalars())
+        used = (
+            await conn.execute(text("SELECT scope FROM api_tokens WHERE last_used_at IS NOT NULL"))
+        ).scalars()
+        assert list(used) == ["search"]
+    assert len(rows) == 3
+    for token in tokens.values():
+        assert all(token not in row and token[3:] not in row for row in rows)
+        assert hashlib.sha256(token.encode()).hexdigest() in hashes
+    listed = await _list(api)
+    assert {info.prefix for info in listed} == {token[3:11] for token in tokens.values()}
+    assert not any(token[3:] in repr(info) for info in listed for token in tokens.values())
+
+
+async def _list(api: Api) -> list[token_service.TokenInfo]:
+    async with api.state.sessions() as session:
+        return await token_service.list_tokens(session)
+
+
+async def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    token = await api.token(TokenScope.search)
+    wrong = "tt_" + "-" + "C" * 42
+    caplog.set_level(logging.DEBUG)
+    for used in (token, wrong, token):
+        await api.call("GET", "/api/v1/messages", used)
+        await api.call("GET", "/api/v1/providers", used)
+    records = caplog.records
+    for secret in (token, token[3:], wrong[3:], KEY):
+        assert all(secret not in record.getMessage() for record in records)
+    # The last line of defence, for a message that would carry one anyway.
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "sent %s; header Bearer %s", (wrong, token), None
+    )
+    RedactSecrets().filter(record)
+    assert token[3:] not in record.getMessage() and wrong[3:] not in record.getMessage()
+    assert "tt_***" in record.getMessage()
+
+
+def test_scopes_in_the_cli_match_the_model() -> None:
+    assert tuple(SCOPES) == tuple(scope.value for scope in TokenScope)
+    assert TokenScope.admin.covers(TokenScope.write) and TokenScope.write.covers(TokenScope.search)
+    assert not TokenScope.search.covers(TokenScope.write)
+
+
+async def test_auth_off_serves_loopback_only(
+    make_db: Callable[[], str], stub: OpenAIStub, nats_url: str
+) -> None:
+    settings = settings_for(make_db(), stub, nats_url, auth_enabled=False, api_host="0.0.0.0")
+    with pytest.raises(ConfigurationError, match="AUTH_ENABLED=false.*Fix:"):
+        create_app(settings)
+    for host in ("0.0.0.0", "192.168.1.10", "example.com", "::"):
+        with pytest.raises(ConfigurationError):
+            create_app(settings, host=host)
+    loopback = settings.model_copy(update={"api_host": "127.0.0.1"})
+    for base_url, expected in (("http://127.0.0.1", 200), ("http://10.0.0.5", 401)):
+        # The address a request arrived on: a server bound some other way still asks for tokens.
+        opened = await open_api(loopback, base_url)
+        try:
+            response = await opened.call("GET", "/api/v1/messages")
+            assert response.status_code == expected, response.text
+        finally:
+            await opened.client.aclose()
+            await opened.state.close()
+
+
+def test_uvicorn_refuses_a_public_host_when_auth_is_off(tmp_path: Path) -> None:
+    """The real start path: API_HOST says loopback, uvicorn's --host says otherwise: refused."""
+    port = free_port()
+    env = {
+        "AUTH_ENABLED": "false",
+        "API_HOST": "127.0.0.1",
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "NATS_URL": "nats://127.0.0.1:1",
+        "DATA_DIR": str(tmp_path),
+    }
+    child = api_child(env, "0.0.0.0", port)
+    result = subprocess.run(
+        list(child.argv),
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "refuses to start" in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_uvicorn_serves_without_tokens_on_loopback_when_auth_is_off(
+    make_db: Callable[[], str], nats_url: str, tmp_path: Path
+) -> None:
+    """The control: the same start path on 127.0.0.1 starts, and answers without a token."""
+    port = free_port()
+    env = {
+        "AUTH_ENABLED": "false",
+        "DATABASE_URL": make_db(),
+        "NATS_URL": nats_url,
+        "NATS_STREAM": f"auth{uuid.uuid4().hex[:8]}",
+        "DATA_DIR": str(tmp_path),
+    }
+    child = api_child(env, "127.0.0.1", port, "--log-level", "warning")
+    child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.exited() is None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/v1/messages", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"the API did not start (exit code {child.exited()})")
+        assert response.status_code == 200, response.text
+    finally:
+        stop_all([child])
