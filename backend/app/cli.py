@@ -228,81 +228,46 @@ def demo(
 
 app.add_typer(token_app, name="token")
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures measured side by side.")
-app.add_typer(bench_app, name="bench")
+BENCH_SECTIONS = ("pipeline", "search", "index", "api")
 
 
-@bench_app.command("index-build")
-def bench_index_build(
-    rows: Annotated[int, typer.Option(min=1000, help="Rows in the table.")] = 100_000,
-    dims: Annotated[int, typer.Option(min=2, max=2000, help="Vector dimensions.")] = 384,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """HNSW build CONCURRENTLY vs plain while a writer inserts and updates (in a scratch database)."""
-    from app.bench.index_build import run as run_bench
-    from app.bench.scratch import scratch_database
-
-    async def go() -> list[Any]:
-        async with scratch_database(get_settings(), "tasktracker_bench") as url:
-            return await run_bench(url, rows=rows, dims=dims)
-
-    results = run(go)
-    if as_json:
-        sys.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
-        return
-    table = Table(title=f"HNSW build on {rows:,} x {dims} while a writer inserts and updates")
-    for column in (
-        "build",
-        "seconds",
-        "writes completed during build",
-        "write p50 ms",
-        "write max ms",
-    ):
-        table.add_column(column)
-    for r in results:
-        kind = "CREATE INDEX CONCURRENTLY" if r.concurrently else "CREATE INDEX"
-        table.add_row(
-            kind,
-            str(r.build_seconds),
-            str(r.writes_during_build),
-            str(r.write_p50_ms),
-            str(r.write_max_ms),
-        )
-    console.print(table)
-
-
-@bench_app.command("pipeline")
-def bench_pipeline(
-    rows: Annotated[int, typer.Option(min=100, help="Rows to embed.")] = 20_000,
-    dims: Annotated[int, typer.Option(min=2, max=4000)] = 1536,
-    naive_rows: Annotated[int, typer.Option(min=10)] = 2000,
-    index: Annotated[
-        bool, typer.Option("--index/--no-index", help="Keep the HNSW index while writing.")
+@app.command("bench")
+def bench(
+    what: Annotated[str, typer.Argument(help="pipeline, search, index, api or all.")] = "all",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes, one or two rounds (under 5 minutes).")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Rewrite docs/BENCHMARKS.md from the JSON.")
+    ] = False,
 ) -> None:
-    """Rows/s through the real queue vs a naive loop vs the raw write limit (zero-latency stub)."""
-    from app.bench.pipeline import run as run_bench
-    from app.bench.scratch import scratch_database
+    """Benchmarks side by side: writes docs/BENCHMARKS.md, docs/bench/*.png and results.json."""
+    names = list(BENCH_SECTIONS) if what == "all" else [what]
+    if what != "all" and what not in BENCH_SECTIONS:
+        err_console.print(
+            f"[red]unknown benchmark {what!r}.[/] Fix: one of {', '.join(BENCH_SECTIONS)}, all"
+        )
+        raise typer.Exit(2)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        err_console.print(
+            "[red]the benchmarks need the bench dependency group.[/] Fix: uv run --group bench "
+            "tasktracker bench ... (or just bench)"
+        )
+        raise typer.Exit(2) from None
+    from app.bench import suite
 
-    async def go() -> list[Any]:
-        async with scratch_database(get_settings(), "tasktracker_bench_pipeline") as url:
-            return await run_bench(
-                get_settings(), url, rows=rows, dims=dims, naive_rows=naive_rows, index=index
-            )
-
-    results = run(go)
-    if as_json:
-        sys.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+    if report_only:
+        path = suite.write_report(suite.load(suite.DOCS / "bench" / "results.json"))
+        console.print(f"wrote {path}")
         return
-    table = Table(
-        title=f"Pipeline throughput, {dims} dims, HNSW index {'on' if index else 'off'} while writing"
-    )
-    for column in ("system", "rows", "seconds", "rows/s"):
-        table.add_column(column)
-    for r in results:
-        table.add_row(r.system, f"{r.rows:,}", f"{r.seconds:.2f}", f"{r.rows_per_second:,.0f}")
-    console.print(table)
+
+    async def go() -> Any:
+        return await suite.run(get_settings(), names, quick=quick, progress=console.print)
+
+    path = run(go)
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -1,13 +1,19 @@
-"""Pipeline throughput, side by side in one run on one database:
+"""Pipeline throughput, side by side in one run on one database, through the real path:
 
-- ours: rows -> backfill -> NATS JetStream -> worker process(es) -> OpenAI-compatible stub over
-  HTTP -> vectors written back; timed from the first publish to 100% coverage;
+rows in Postgres -> backfill (enqueue) -> NATS JetStream -> worker process(es) ->
+EmbeddingService over HTTP -> vectors written back; timed from the first publish to 100%
+coverage (every row's embedding current). Next to it, on the same table and stub:
+
 - naive: one HTTP request per row and one commit per row (the shape of the system we replace);
+- pgai: the pgai vectorizer worker (app/bench/pgai_vectorizer.py), default settings and
+  batch 500 / concurrency 4;
 - raw write limit: precomputed vectors written with one `UPDATE ... FROM unnest(...)` per 1,000
   rows, no queue, no HTTP: the ceiling for this database on this machine.
 
-The stub (tests/stubs/openai_stub.py) runs as its own process with zero added latency; its
-vectors are precomputed, so what is measured is our overhead.
+The stub (tests/stubs/openai_stub.py) runs as its own process; with zero latency its vectors
+are precomputed, so what is measured is our overhead. Also measured: a realistic stub
+(100-300 ms, 5% 429s with Retry-After), the local model against its own raw rate, the
+extraction hook's cost, and the backfill's enqueue rate and peak memory.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import asyncpg
@@ -37,6 +43,7 @@ class Rate:
     system: str
     rows: int
     seconds: float
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process, if profiled
 
     @property
     def rows_per_second(self) -> float:
@@ -46,16 +53,38 @@ class Rate:
         return {**asdict(self), "rows_per_second": round(self.rows_per_second, 1)}
 
 
-def start_stub(dims: int) -> tuple[subprocess.Popen[str], str]:
-    """The zero-latency stub as a separate process; returns it and its base URL."""
+def start_stub(dims: int, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """The stub as a separate process (zero latency unless `extra` says otherwise)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.stubs.openai_stub", "--port", "0", "--dims", str(dims)],
+        [
+            sys.executable,
+            "-m",
+            "tests.stubs.openai_stub",
+            "--port",
+            "0",
+            "--dims",
+            str(dims),
+            *extra,
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert process.stdout is not None
     return process, process.stdout.readline().strip()
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by every process on the machine so far (Linux /proc/stat)."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def migrate(url: str, dims: int) -> None:
@@ -69,7 +98,8 @@ def migrate(url: str, dims: int) -> None:
     )
 
 
-async def reset_rows(url: str, rows: int, *, index: bool) -> None:
+async def reset_rows(url: str, rows: int, *, index: bool, texts: list[str] | None = None) -> None:
+    """`rows` messages without embeddings (contents cycled from `texts` if given)."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("TRUNCATE messages CASCADE")
@@ -79,12 +109,26 @@ async def reset_rows(url: str, rows: int, *, index: bool) -> None:
             await conn.execute(VECTOR_INDEXES[0].create_sql.replace(" CONCURRENTLY", ""))
         await conn.execute(
             "INSERT INTO messages (id, author, channel, content, sent_at) SELECT gen_random_uuid(), "
-            "'a', 'c' || (g % 10), 'benchmark message number ' || g, now() FROM generate_series(1, $1) g",
+            "'a', 'c' || (g % 10), CASE WHEN cardinality($2::text[]) = 0 "
+            "THEN 'benchmark message number ' || g "
+            "ELSE ($2::text[])[1 + g % cardinality($2::text[])] || ' #' || g END, now() "
+            "FROM generate_series(1, $1) g",
             rows,
+            texts or [],
         )
         await conn.execute("VACUUM ANALYZE messages")
     finally:
         await conn.close()
+
+
+async def pending_count(conn: asyncpg.Connection) -> int:
+    """Rows whose embedding is not current, through the partial pending-work index: cheap
+    to poll while the pipeline runs (a count over the whole table would steal Postgres CPU)."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE embedding_content_hash IS DISTINCT FROM content_hash"
+        )
+    )
 
 
 async def current_count(conn: asyncpg.Connection) -> int:
@@ -96,7 +140,17 @@ async def current_count(conn: asyncpg.Connection) -> int:
 
 
 async def ours(
-    url: str, settings: Settings, stub_url: str, rows: int, dims: int, workers: int, stream: str
+    url: str,
+    settings: Settings,
+    stub_url: str,
+    rows: int,
+    dims: int,
+    workers: int,
+    stream: str,
+    *,
+    label: str | None = None,
+    env_extra: dict[str, str] | None = None,
+    warmup: int = 0,
 ) -> Rate:
     """Through the real queue and worker processes."""
     from app.db import create_engine
@@ -117,7 +171,9 @@ async def ours(
         "EMBEDDING_BATCH_SIZE": "500",
         "TASK_BATCH_SIZE": "500",
         "LOG_LEVEL": "WARNING",
+        **(env_extra or {}),
     }
+    env = {name: value for name, value in env.items() if value}  # "" unsets
     children: list[Child] = [worker_child(env, "--no-sweeper") for _ in range(workers)]
     broker = build_broker(settings.model_copy(update={"nats_stream": stream}))
     engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=2)
@@ -129,22 +185,42 @@ async def ours(
         while not await worker_seen(broker):
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # every worker pulling
+        enqueue = enqueuer(None, broker)
+        if warmup:  # the first rows load what loads lazily (a local model); not timed
+            await run_backfill(
+                engine,
+                BackfillPlan(entities=[MESSAGES], page_size=warmup, limit=warmup),
+                enqueue=enqueue,
+            )
+            while await pending_count(conn) > rows - warmup:
+                await asyncio.sleep(0.05)
+        pids = [child.pid for child in children if child.pid is not None]
+        workers_before = sum(cpu_seconds(pid) for pid in pids)
+        machine_before, bench_before = machine_busy_seconds(), time.process_time()
         began = time.perf_counter()
         await run_backfill(
-            engine, BackfillPlan(entities=[MESSAGES], page_size=500), enqueue=enqueuer(None, broker)
+            engine, BackfillPlan(entities=[MESSAGES], page_size=500), enqueue=enqueue
         )
-        while await current_count(conn) < rows:
+        while await pending_count(conn) > 0:
             await asyncio.sleep(0.05)
+        seconds = time.perf_counter() - began
+        assert await current_count(conn) == rows, "every row's embedding is current"
+        cpu = {
+            "workers": sum(cpu_seconds(pid) for pid in pids) - workers_before,
+            "machine": machine_busy_seconds() - machine_before,
+            "bench_process": time.process_time() - bench_before,
+        }
         return Rate(
-            f"ours, {workers} worker process{'es' if workers > 1 else ''}",
-            rows,
-            time.perf_counter() - began,
+            label or f"ours, {workers} worker process{'es' if workers > 1 else ''}",
+            rows - warmup,
+            seconds,
+            cpu,
         )
     finally:
+        stop_all(children)  # first: nothing below may keep a worker alive
         await conn.close()
         await broker.shutdown()
         await engine.dispose()
-        stop_all(children)
 
 
 async def naive(url: str, stub_url: str, rows: int) -> Rate:
@@ -158,12 +234,16 @@ async def naive(url: str, stub_url: str, rows: int) -> Rate:
         async with httpx.AsyncClient(base_url=stub_url, timeout=30) as client:
             began = time.perf_counter()
             for item in items:
-                body = (
-                    await client.post(
+                while True:  # a 429 is retried after its Retry-After, nothing smarter
+                    response = await client.post(
                         "/embeddings",
                         json={"model": "text-embedding-3-small", "input": item["content"]},
                     )
-                ).json()
+                    if response.status_code != 429:
+                        break
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                response.raise_for_status()
+                body = response.json()
                 vector = np.asarray(body["data"][0]["embedding"], dtype=np.float32)
                 async with conn.transaction():
                     await conn.execute(
@@ -206,35 +286,33 @@ async def raw_write(url: str, rows: int, dims: int) -> Rate:
         await conn.close()
 
 
-async def run(
-    settings: Settings,
-    url: str,
-    *,
-    rows: int,
-    dims: int,
-    workers: tuple[int, ...] = (1, 2),
-    naive_rows: int = 2000,
-    index: bool = False,
-) -> list[Rate]:
-    """Every system on the same table shape, one after the other, in this run."""
-    import uuid
-
-    from app.core import endpoints
-
-    settings = settings.model_copy(update={"nats_url": endpoints.nats_url(settings)})
-    migrate(url, dims)
-    stub, stub_url = start_stub(dims)
-    results = []
+async def raw_write_bare(url: str, rows: int, dims: int) -> Rate:
+    """The raw write limit on a bare table (primary key only, no other index): what the
+    messages table's own indexes (full-text GIN, btrees, the pending-work index) cost."""
+    conn = await asyncpg.connect(url)
+    await register_vector(conn)
     try:
-        for count in workers:
-            await reset_rows(url, rows, index=index)
-            stream = f"bench{uuid.uuid4().hex[:8]}"
-            results.append(await ours(url, settings, stub_url, rows, dims, count, stream))
-        await reset_rows(url, naive_rows, index=index)
-        results.append(await naive(url, stub_url, naive_rows))
-        await reset_rows(url, rows, index=index)
-        results.append(await raw_write(url, rows, dims))
+        await conn.execute("DROP TABLE IF EXISTS bench_bare")
+        await conn.execute(
+            f"CREATE TABLE bench_bare (id uuid PRIMARY KEY, embedding vector({int(dims)}), h text)"
+        )
+        await conn.execute(
+            "INSERT INTO bench_bare (id) SELECT gen_random_uuid() FROM generate_series(1, $1)", rows
+        )
+        await conn.execute("VACUUM ANALYZE bench_bare")
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM bench_bare ORDER BY id")]
+        pool = np.random.default_rng(0).standard_normal((4096, dims)).astype(np.float32)
+        vectors = [Vector(pool[i % 4096]) for i in range(len(ids))]
+        began = time.perf_counter()
+        for start in range(0, len(ids), 1000):
+            await conn.execute(
+                "UPDATE bench_bare AS t SET embedding = v.e, h = 'x' "
+                "FROM unnest($1::uuid[], $2::vector[]) AS v(id, e) WHERE t.id = v.id",
+                ids[start : start + 1000],
+                vectors[start : start + 1000],
+            )
+        seconds = time.perf_counter() - began
+        await conn.execute("DROP TABLE bench_bare")
+        return Rate("raw write limit, bare table (primary key only)", len(ids), seconds)
     finally:
-        stub.terminate()
-        stub.wait(10)
-    return results
+        await conn.close()

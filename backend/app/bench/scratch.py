@@ -14,7 +14,10 @@ from app.core.urls import to_libpq_url, with_database
 
 @asynccontextmanager
 async def scratch_database(settings: Settings, name: str) -> AsyncIterator[str]:
-    """Yields a libpq URL of a fresh database `name`; never the user's data."""
+    """Yields a libpq URL of a fresh database `name`; never the user's data.
+
+    The embedded servers this joins stay up until the caller's `endpoints.release()`.
+    """
     admin = with_database(to_libpq_url(endpoints.database_url(settings)), "postgres")
     conn = await asyncpg.connect(admin)
     try:
@@ -30,4 +33,3 @@ async def scratch_database(settings: Settings, name: str) -> AsyncIterator[str]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
-        endpoints.release()
