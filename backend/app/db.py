@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,23 @@ from app.core.errors import ConfigurationError
 from app.core.urls import redact_url
 
 HNSW_MIN_VECTOR_VERSION = (0, 5, 0)
+SEARCH_SETTINGS_INFO = "search_settings"  # key in a connection's info: the GUCs it started with
+
+
+def search_settings(ef_search: int, max_scan_tuples: int) -> dict[str, str]:
+    """The settings every vector search runs with (see semantic_search_service).
+
+    Sent in the startup packet of every engine connection, so a search needs no `set_config`
+    round trip unless it wants other values, and `RESET ALL` returns to them. Postgres keeps the
+    `hnsw.*` values as placeholders until pgvector loads in that backend, which then adopts them.
+    """
+    return {
+        "hnsw.ef_search": str(ef_search),
+        "hnsw.iterative_scan": "relaxed_order",
+        "hnsw.max_scan_tuples": str(max_scan_tuples),
+        # a cached generic plan would keep whatever plan it was built with, whatever the query
+        "plan_cache_mode": "force_custom_plan",
+    }
 
 
 def create_engine(
@@ -30,20 +47,39 @@ def create_engine(
 ) -> AsyncEngine:
     """An async engine on `url` (default: the configured or embedded database)."""
     settings = settings or get_settings()
+    searching = search_settings(settings.hnsw_ef_search, settings.hnsw_max_scan_tuples)
     options: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
         "pool_pre_ping": True,
-        "connect_args": {"timeout": 10, "command_timeout": 60},
     }
     if kwargs.get("poolclass") is not None:
         for key in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(key)
     options.update(kwargs)
+    given = options.pop("connect_args", {})
+    options["connect_args"] = {
+        "timeout": 10,
+        "command_timeout": 60,
+        **given,
+        "server_settings": {**searching, **given.get("server_settings", {})},
+    }
     engine = create_async_engine(url or database_url(settings), **options)
-    event.listen(engine.sync_engine, "connect", _register_vector_codec)
+    event.listen(engine.sync_engine, "connect", _on_connect(options["connect_args"]))
     return engine
+
+
+def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:
+    started_with = dict(connect_args["server_settings"])
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        """pgvector's binary codec (numpy arrays in and out, no text parsing), and a note of
+        the settings the connection started with, which the search service reads."""
+        dbapi_connection.run_async(_register_vector)
+        record.info[SEARCH_SETTINGS_INFO] = started_with
+
+    return on_connect
 
 
 async def _register_vector(connection: Any) -> None:
@@ -53,11 +89,6 @@ async def _register_vector(connection: Any) -> None:
         await register_vector(connection)
     except ValueError:
         pass  # no vector extension yet (before the first migration): nothing to register
-
-
-def _register_vector_codec(dbapi_connection: Any, _record: Any) -> None:
-    """pgvector's binary codec on every new connection: numpy arrays in and out, no text parsing."""
-    dbapi_connection.run_async(_register_vector)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,0 +1,191 @@
+"""A vector search is one statement on an engine connection, and returns what it always did."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from app.core.config import Settings
+from app.core.urls import to_asyncpg_url
+from app.db import create_engine, session_factory
+from app.services import semantic_search_service as search
+from app.services.entities import MESSAGES
+from tests.factories import embed_randomly_sql, insert_messages_sql
+
+DIMS = 384  # the test database's column
+ROWS, PENDING = 300, 7
+
+
+@pytest.fixture(scope="module")
+def url(make_db: Callable[[], str]) -> str:
+    return to_asyncpg_url(make_db())
+
+
+@pytest.fixture(scope="module")
+async def filled(url: str) -> str:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await insert_messages_sql(conn, ROWS, channels=3)
+            await embed_randomly_sql(conn, "messages", DIMS)
+            await insert_messages_sql(conn, PENDING, prefix="waiting")  # not embedded yet
+            await conn.execute(text("ANALYZE messages"))
+    finally:
+        await engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def app_engine(filled: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(url=filled, settings=Settings(hnsw_ef_search=64), pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
+def _vector_codec(dbapi_connection: Any, _record: Any) -> None:
+    from pgvector.asyncpg import register_vector
+
+    dbapi_connection.run_async(register_vector)
+
+
+def _query(seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).random(DIMS).astype(np.float32) - 0.5
+
+
+class Statements:
+    """The SQL an engine sends, in order."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sql: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.sql.append(statement)
+
+
+def _kind(sql: str) -> str:
+    return sql.split("(")[0].removesuffix(" AS MATERIALIZED ").strip()
+
+
+async def _exact(session: AsyncSession, query: np.ndarray, where: str = "TRUE") -> list[Any]:
+    """Ids nearest first by a sequential scan: the truth the index search is held to."""
+    await session.execute(text("SET LOCAL enable_indexscan = off"))
+    rows = await session.execute(
+        text(
+            f"SELECT id FROM messages WHERE embedding IS NOT NULL AND {where} "
+            "ORDER BY embedding <=> :q LIMIT 20"
+        ),
+        {"q": query},
+    )
+    return [row.id for row in rows]
+
+
+async def test_default_search_is_one_statement_with_rows_and_count(
+    app_engine: AsyncEngine,
+) -> None:
+    statements = Statements(app_engine)
+    async with session_factory(app_engine)() as session:
+        page = await search.search(session, MESSAGES, _query(), limit=10, offset=5)
+        sent = list(statements.sql)
+        settings = (
+            await session.execute(
+                text(
+                    "SELECT current_setting('hnsw.ef_search'), "
+                    "current_setting('hnsw.iterative_scan'), current_setting('plan_cache_mode')"
+                )
+            )
+        ).one()
+        truth = await _exact(session, _query())
+    assert len(sent) == 1 and sent[0].startswith("WITH nearest"), sent
+    assert tuple(settings) == ("64", "relaxed_order", "force_custom_plan")
+    assert page.ef_search == 64 and page.not_embedded == PENDING
+    assert [hit.id for hit in page.hits] == truth[5:15]
+    assert [hit.vector_rank for hit in page.hits] == list(range(6, 16))
+    for hit in page.hits:
+        assert hit.matched_by == ["vector"] and hit.score == pytest.approx(
+            1 / (60 + hit.vector_rank)
+        )
+        assert set(hit.row) == {
+            "id", "external_id", "author", "channel", "content", "sent_at", "extraction_status"
+        }  # fmt: skip
+        assert hit.row["id"] == hit.id and hit.row["content"].startswith("message ")
+    similarities = [hit.similarity for hit in page.hits]
+    assert similarities == sorted(similarities, reverse=True) and all(
+        s is not None and -1 <= s <= 1 for s in similarities
+    )
+
+
+async def test_a_deeper_page_sets_ef_search_for_its_transaction_only(
+    app_engine: AsyncEngine,
+) -> None:
+    statements = Statements(app_engine)
+    async with session_factory(app_engine)() as session:
+        page = await search.search(session, MESSAGES, _query(), limit=80)
+        ef = (await session.execute(text("SHOW hnsw.ef_search"))).scalar_one()
+        await session.commit()
+        assert [_kind(s) for s in statements.sql[:2]] == ["SELECT set_config", "WITH nearest"]
+        assert statements.sql[0].count("set_config") == 1  # only ef_search differs
+        assert ef == "80" and page.ef_search == 80 and len(page.hits) == 80
+        after = (await session.execute(text("SHOW hnsw.ef_search"))).scalar_one()
+    assert after == "64"  # transaction-local: the connection keeps its own value
+
+
+async def test_empty_page_still_counts_the_rows_not_embedded(app_engine: AsyncEngine) -> None:
+    async with session_factory(app_engine)() as session:
+        beyond = await search.search(session, MESSAGES, _query(), limit=10, threshold=1.01)
+        channel = await search.search(
+            session, MESSAGES, _query(), limit=10, filters=search.SearchFilters(channel="c9")
+        )
+    assert beyond.hits == [] and beyond.not_embedded == PENDING
+    assert channel.hits == [] and channel.not_embedded == 0
+
+
+async def test_filters_exclude_and_threshold_on_an_engine_without_the_settings(
+    filled: str,
+) -> None:
+    # A connection not made by app.db.create_engine: the search sets every setting itself.
+    engine = create_async_engine(filled, pool_size=1)
+    event.listen(engine.sync_engine, "connect", _vector_codec)
+    statements = Statements(engine)
+    try:
+        async with session_factory(engine)() as session:
+            first = (await _exact(session, _query(), "channel = 'c1'"))[0]
+            await session.rollback()
+            statements.sql.clear()
+            page = await search.search(
+                session,
+                MESSAGES,
+                _query(),
+                limit=5,
+                filters=search.SearchFilters(channel="c1"),
+                exclude=first,
+                threshold=-1.0,
+            )
+            sent = list(statements.sql)
+            truth = await _exact(session, _query(), f"channel = 'c1' AND id <> '{first}'")
+    finally:
+        await engine.dispose()
+    assert [_kind(s) for s in sent] == ["SELECT set_config", "WITH nearest"], sent
+    assert [hit.id for hit in page.hits] == truth[:5]
+    assert {hit.row["channel"] for hit in page.hits} == {"c1"}
+
+
+async def test_hybrid_mode_fuses_full_text_and_vector(app_engine: AsyncEngine) -> None:
+    async with session_factory(app_engine)() as session:
+        page = await search.search(
+            session, MESSAGES, _query(), query_text="waiting", limit=10, mode="hybrid"
+        )
+    by_source = {
+        source: [h for h in page.hits if source in h.matched_by]
+        for source in ("fulltext", "vector")
+    }
+    assert by_source["fulltext"] and all(
+        h.row["content"].startswith("waiting") for h in by_source["fulltext"]
+    )
+    assert by_source["vector"] and page.not_embedded == PENDING
+    assert [h.score for h in page.hits] == sorted((h.score for h in page.hits), reverse=True)
