@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app.api.auth import is_loopback
 from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
 from app.api.v1.router import api_router
 from app.core.config import Settings, get_settings
 from app.core.errors import ConfigurationError
@@ -60,8 +61,9 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(
-        api_router, prefix="/api/v1", responses=error_responses(404, 409, 422, 502, 503)
+        api_router, prefix="/api/v1", responses=error_responses(404, 409, 413, 422, 502, 503)
     )
     return app
 

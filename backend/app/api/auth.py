@@ -87,6 +87,8 @@ def require(scope: TokenScope) -> Callable[..., Awaitable[TokenScope]]:
             raise unauthorized(token_given=True)
         if not granted.covers(scope):
             raise forbidden(scope, granted)
+        # Rate limits (app.api.limits) count per token; its hash names it without holding it.
+        request.state.caller = f"token:{token_service.hash_token(credentials.credentials)}"
         return granted
 
     check.__name__ = f"require_{scope.value}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.limits import BodyTooLarge, RateLimited
 from app.core.errors import AppError
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,8 @@ def _body(error: str, detail: object = None) -> dict[str, object]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """AppErrors become their status; validation errors 422 naming the field; DB outages 503."""
+    """AppErrors become their status; invalid input 422 naming the field; 413 and 429 naming
+    the limit; a busy or unreachable database 503 with Retry-After."""
 
     @app.exception_handler(AppError)
     async def app_error(_request: Request, exc: AppError) -> JSONResponse:
@@ -31,7 +34,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [
-            {"field": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg")}
+            {"field": ".".join(str(p) for p in err.get("loc", ())), "message": _message(err)}
             for err in exc.errors()
         ]
         fields = ", ".join(d["field"] for d in detail)
@@ -39,14 +42,38 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unparseable = _unparseable_body(exc)
+        if unparseable is not None:
+            detail = [{"field": "body", "message": unparseable}]
+            return JSONResponse(_body(f"invalid request: {unparseable}", detail), status_code=422)
         return JSONResponse(
             _body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
+        detail = {
+            "group": exc.group.value,
+            "per_minute": exc.per_minute,
+            "retry_after_seconds": exc.retry_after,
+        }
+        return JSONResponse(
+            _body(str(exc), detail),
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
     @app.exception_handler(PoolTimeoutError)
     async def pool_timeout(_request: Request, _exc: PoolTimeoutError) -> JSONResponse:
+        # Every connection of this process's pool stayed busy for DB_POOL_TIMEOUT_SECONDS.
         return JSONResponse(
-            _body("database busy, try again"), status_code=503, headers={"Retry-After": "1"}
+            _body("database busy: no connection free in time, try again"),
+            status_code=503,
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(DBAPIError)
@@ -65,3 +92,35 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         logger.exception("database error")
         return JSONResponse(_body("database error"), status_code=500)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """A validation error's message, said plainly; the input itself is never echoed."""
+    ctx = error.get("ctx") or {}
+    kind = error.get("type")
+    if kind == "json_invalid" and isinstance(ctx.get("error"), str):
+        return f"{error.get('msg')}: {ctx['error']}"
+    if isinstance(error.get("input"), str) and kind in ("too_long", "too_short"):
+        # Pydantic checks an optional text field's bound after its validator and words it as a
+        # count of "items": for text, they are characters.
+        if kind == "too_long":
+            return f"String should have at most {ctx.get('max_length')} characters"
+        return f"String should have at least {ctx.get('min_length')} characters"
+    return str(error.get("msg"))
+
+
+def _unparseable_body(exc: StarletteHTTPException) -> str | None:
+    """What FastAPI's generic 400 "error parsing the body" was about, when it is the client's.
+
+    FastAPI turns a JSONDecodeError into a 422 naming the position, but any other failure of
+    `json.loads` into that 400 with the cause chained: bytes that are not UTF-8, and nesting
+    deeper than Python's recursion limit (about 1,000 levels).
+    """
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deeply"
+    return None

@@ -1,4 +1,4 @@
-"""Per-process API state: the engine, the session factory, the broker client, embedding services."""
+"""Per-process API state: engine, sessions, broker client, embedding services, rate limits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.api.limits import RateLimiter
 from app.core.config import Settings
 from app.db import create_engine, session_factory
 from app.services.embedding_registry import EmbeddingRegistry
@@ -20,6 +21,7 @@ class AppState:
         self.engine: AsyncEngine = engine or create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.registry = EmbeddingRegistry(settings)
+        self.limiter = RateLimiter.from_settings(settings)
         self.broker_ready = False
 
     async def open(self) -> None:

@@ -756,7 +756,8 @@ def _method(section: dict[str, Any]) -> str:
         "a neighbourhood nearly equidistant (the curse of dimensionality), which no text "
         "corpus does and which is the worst case for HNSW: an earlier version of this "
         "benchmark (isotropic clusters) measured recall@10 0.95-0.97 at ef_search 64 at "
-        "100k x 1536 for that reason, not because of the index. Here the nearest row has median cosine similarity {near['nn1_similarity']}, the 10th "
+        "100k x 1536 for that reason, not because of the index. Here the nearest row has "
+        f"median cosine similarity {near['nn1_similarity']}, the 10th "
         f"{near['nn10_similarity']}, a random row {near['random_similarity']} "
         f"({section['sizes'][-1]['label']}). {c['queries']} queries; exact top-10 by numpy "
         "brute force, cross-checked against Postgres' sequential scan (`enable_indexscan = "
@@ -857,9 +858,13 @@ def _limits(section: dict[str, Any]) -> list[str]:
     if not rows[1]["met"]:
         size = _largest(section)
         st = size["app_vs_bare"]["statements_p50_ms"]
-        extra = sum(v for k, v in st.items() if k not in ("search statement", "commit"))
+        extra = sum(
+            v
+            for k, v in st.items()
+            if k not in ("search statement", "commit", "statements_per_search")
+        )
         notes.append(
-            "The app's search misses 1.2× of the bare query. It sends "
+            "The app's search misses 1.2× of the bare query at this size. It sends "
             f"{st['statements_per_search']:g} statement(s) per search (at {size['label']}; "
             f"statements besides the search statement and the commit: {extra:.2f} ms at p50); "
             "the rest is the work the bare query does not do: joining the rows' columns, the "

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Limits (app.api.limits). Rate limits are token buckets per token and route group, kept
+    # in each API process: N API processes admit up to N times as much. 0 turns one off.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    rate_limit_search_per_minute: int = Field(default=600, ge=0)
+    rate_limit_embed_now_per_minute: int = Field(default=120, ge=0)
+    rate_limit_extract_per_minute: int = Field(default=30, ge=0)
 
     log_level: str = "INFO"
 

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from app.api.auth import AUTH_RESPONSES, SearchAccess, WriteAccess, forbidden
 from app.api.deps import SessionDep, StateDep
+from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
 from app.core.errors import AppError, NotFoundError
 from app.models.api_token import TokenScope
 from app.schemas.embeddings import (
@@ -29,6 +30,7 @@ from app.tasks.embedding_tasks import enqueuer
 
 router = APIRouter(prefix="/embeddings", tags=["embeddings"], responses=AUTH_RESPONSES)
 Granted = Annotated[TokenScope, WriteAccess]
+EmbedNowLimit = rate_limit(RouteGroup.embed_now, WriteAccess)
 
 
 @router.get(
@@ -116,7 +118,12 @@ async def _embed_now(
     return EmbedNowResponse(id=row_id, **stats.as_dict())
 
 
-@router.post("/messages/{message_id}", summary="Embed one message now", dependencies=[WriteAccess])
+@router.post(
+    "/messages/{message_id}",
+    summary="Embed one message now",
+    dependencies=[WriteAccess, EmbedNowLimit],
+    responses=RATE_LIMIT_RESPONSES,
+)
 async def embed_message_now(
     message_id: uuid.UUID, state: StateDep, session: SessionDep
 ) -> EmbedNowResponse:
@@ -124,7 +131,12 @@ async def embed_message_now(
     return await _embed_now(state, session, MESSAGES, message_id)
 
 
-@router.post("/atoms/{atom_id}", summary="Embed one atom now", dependencies=[WriteAccess])
+@router.post(
+    "/atoms/{atom_id}",
+    summary="Embed one atom now",
+    dependencies=[WriteAccess, EmbedNowLimit],
+    responses=RATE_LIMIT_RESPONSES,
+)
 async def embed_atom_now(
     atom_id: uuid.UUID, state: StateDep, session: SessionDep
 ) -> EmbedNowResponse:

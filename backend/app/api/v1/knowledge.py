@@ -9,12 +9,16 @@ from sqlalchemy import text
 
 from app.api.auth import AUTH_RESPONSES, WriteAccess
 from app.api.deps import SessionDep
+from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
 from app.core.errors import ValidationError
 from app.schemas.embeddings import ExtractRequest, ExtractResponse
 from app.tasks.knowledge_tasks import extract_knowledge_from_messages_task
 
 router = APIRouter(
-    prefix="/knowledge", tags=["knowledge"], dependencies=[WriteAccess], responses=AUTH_RESPONSES
+    prefix="/knowledge",
+    tags=["knowledge"],
+    dependencies=[WriteAccess, rate_limit(RouteGroup.extract, WriteAccess)],
+    responses=AUTH_RESPONSES | RATE_LIMIT_RESPONSES,
 )
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from app.api.auth import AUTH_RESPONSES, SearchAccess
 from app.api.deps import SessionDep, StateDep
+from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
 from app.schemas.search import (
     AtomSearchRequest,
     MessageSearchRequest,
@@ -23,8 +24,8 @@ from app.services.entities import ATOMS, MESSAGES, Entity
 router = APIRouter(
     prefix="/semantic_search",
     tags=["semantic search"],
-    dependencies=[SearchAccess],
-    responses=AUTH_RESPONSES,
+    dependencies=[SearchAccess, rate_limit(RouteGroup.search, SearchAccess)],
+    responses=AUTH_RESPONSES | RATE_LIMIT_RESPONSES,
 )
 
 
