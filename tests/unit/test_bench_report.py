@@ -90,4 +90,4 @@ def test_pipeline_targets_compare_medians_measured_side_by_side() -> None:
     assert [row["met"] for row in met] == [True, True, True]
     assert [row["met"] for row in missed] == [False, False, False]
     assert missed[1]["measured"].startswith("4.2x")
-    assert "56% of the raw write limit" in missed[0]["measured"]
+    assert "56% of the raw write limit, 9,000" in missed[0]["measured"]

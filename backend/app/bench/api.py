@@ -48,7 +48,7 @@ from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all
-from app.core.urls import to_asyncpg_url, with_database
+from app.core.urls import to_asyncpg_url
 from app.core.vector_indexes import VECTOR_INDEXES, build_session_sql
 from app.models.base import TEXT_HASH_FUNCTION
 
@@ -181,7 +181,7 @@ async def load_messages(url: str, rows: int, dims: int, clusters: int = 50) -> N
             f"{TEXT_HASH_FUNCTION}(content) FROM (SELECT n, embedding, 'benchmark message ' || n "
             "|| ' about deploys, logins and billing' AS content FROM bench_rows) AS r"
         )
-        for statement in build_session_sql("256MB", 2, "1min"):
+        for statement in build_session_sql("1GB", 2, "1min"):
             await conn.execute(statement)
         await conn.execute(VECTOR_INDEXES[0].create_sql.replace(" CONCURRENTLY", ""))
         await conn.execute("VACUUM ANALYZE messages")
@@ -508,7 +508,8 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
     local = (LOCAL, LOCAL_PASSIVE) if plan.local_passive else (LOCAL,)
     async with (
         scratch_database(settings, "tasktracker_bench_api_stub") as stub_db,
-        sibling_database(stub_db, "tasktracker_bench_api_local") as local_db,
+        # Both at once, so the two providers' API processes are measured interleaved.
+        scratch_database(settings, "tasktracker_bench_api_local") as local_db,
     ):
         nats_url = endpoints.nats_url(settings)
         setup = {}
@@ -525,29 +526,6 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
         "setup_seconds": setup,
         "seconds": round(time.perf_counter() - began, 1),
     }
-
-
-@asynccontextmanager
-async def sibling_database(url: str, name: str) -> AsyncIterator[str]:
-    """A fresh database `name` on the server of `url` (a scratch database), dropped afterwards.
-
-    Both providers' databases exist at once, so their API processes are measured interleaved.
-    """
-    admin = with_database(url, "postgres")
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield with_database(admin, name)
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 def config(plan: Plan, *, quick: bool) -> dict[str, Any]:
@@ -663,8 +641,9 @@ def _method(section: dict[str, Any]) -> str:
     levels = ", ".join(str(n) for n in c["levels"])
     return (
         f"`POST /api/v1/semantic_search/messages` ({c['mode']} mode, limit {c['limit']}) through "
-        "real HTTP to the API as its own uvicorn process (one worker, no access log, auth off on "
-        f"loopback, search rate limit off), on a scratch database of {c['rows']:,} embedded "
+        "real HTTP to the API as its own uvicorn process (one worker, no access log, every "
+        "request carrying a `search` bearer token that the API checks against the database, "
+        f"search rate limit off), on a scratch database of {c['rows']:,} embedded "
         f"messages ({c['vectors']}), HNSW index (m=16, ef_construction=64), VACUUM ANALYZE. "
         "Async httpx clients in the benchmark process, one keep-alive connection each, send "
         f"requests back to back: {c['warmup']:g} s warm-up, then {c['seconds']:g} s measured, "

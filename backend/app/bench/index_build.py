@@ -78,7 +78,15 @@ async def _writer(url: str, dims: int, stop: asyncio.Event, log: list[tuple[floa
         await conn.close()
 
 
-async def build_under_load(url: str, *, concurrently: bool, rows: int, dims: int) -> BuildUnderLoad:
+async def build_under_load(
+    url: str,
+    *,
+    concurrently: bool,
+    rows: int,
+    dims: int,
+    work_mem: str = "1GB",
+    parallel_workers: int = 2,
+) -> BuildUnderLoad:
     """Build the index while a writer runs; count the writes that ran entirely during the build."""
     conn = await asyncpg.connect(url)
     stop = asyncio.Event()
@@ -86,7 +94,7 @@ async def build_under_load(url: str, *, concurrently: bool, rows: int, dims: int
     writer = asyncio.create_task(_writer(url, dims, stop, log))
     try:
         await conn.execute(f"DROP INDEX IF EXISTS {TABLE}_hnsw")
-        for statement in build_session_sql("256MB", 2, "1min"):
+        for statement in build_session_sql(work_mem, parallel_workers, "1min"):
             await conn.execute(statement)
         await asyncio.sleep(0.3)  # the writer is running
         began = time.monotonic()
@@ -113,12 +121,21 @@ async def build_under_load(url: str, *, concurrently: bool, rows: int, dims: int
     )
 
 
-async def run(url: str, *, rows: int, dims: int) -> list[BuildUnderLoad]:
+async def run(
+    url: str, *, rows: int, dims: int, work_mem: str = "1GB", parallel_workers: int = 2
+) -> list[BuildUnderLoad]:
     """Both builds, concurrent first, on the same freshly made table."""
     await prepare_table(url, rows, dims)
     results = [
-        await build_under_load(url, concurrently=True, rows=rows, dims=dims),
-        await build_under_load(url, concurrently=False, rows=rows, dims=dims),
+        await build_under_load(
+            url,
+            concurrently=concurrently,
+            rows=rows,
+            dims=dims,
+            work_mem=work_mem,
+            parallel_workers=parallel_workers,
+        )
+        for concurrently in (True, False)
     ]
     conn = await asyncpg.connect(url)
     await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")

@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,6 +74,17 @@ def start_stub(dims: int, *extra: str) -> tuple[subprocess.Popen[str], str]:
     )
     assert process.stdout is not None
     return process, process.stdout.readline().strip()
+
+
+@contextmanager
+def running_stub(dims: int, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`start_stub`, stopped when the block ends."""
+    process, url = start_stub(dims, *extra)
+    try:
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def machine_busy_seconds() -> float:

@@ -5,7 +5,9 @@ plus the realistic stub, the local model, the extraction hook and the backfill.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from app.bench.pipeline import (
     raw_write,
     raw_write_bare,
     reset_rows,
-    start_stub,
+    running_stub,
 )
 from app.bench.scratch import scratch_database
 from app.bench.stats import Spread, target
@@ -56,6 +58,17 @@ LABELS = {
 }
 
 
+MAXRSS_WRAPPER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _stream() -> str:
     return f"bench{uuid.uuid4().hex[:8]}"
 
@@ -70,11 +83,10 @@ async def zero_latency(
     settings: Settings, url: str, *, rows: int, naive_rows: int, rounds: int, dims: int = 1536
 ) -> dict[str, Any]:
     """Rows/s of every system with the zero-latency stub; the stub's CPU per 1,000 rows."""
-    stub, stub_url = start_stub(dims)
     rates: dict[str, list[float]] = defaultdict(list)
     stub_cpu: list[float] = []
     profile: dict[str, list[float]] = defaultdict(list)  # ours_1: CPU s per 1,000 rows
-    try:
+    with running_stub(dims) as (stub, stub_url):
         pgai_vectorizer.install(url)
         for _ in range(rounds):
             for system in ZERO_SYSTEMS:
@@ -111,9 +123,6 @@ async def zero_latency(
                 if system == "ours_1":
                     stub_cpu.append((cpu_seconds(stub.pid) - cpu_before) * 1000 / rows)
                 rates[system].append(count / seconds)
-    finally:
-        stub.terminate()
-        stub.wait(10)
     return {
         "rows": rows,
         "naive_rows": naive_rows,
@@ -131,11 +140,9 @@ async def realistic(
     settings: Settings, url: str, *, rows: int, naive_rows: int, dims: int = 1536
 ) -> dict[str, Any]:
     """100-300 ms per request and 5% 429s (Retry-After: 1): batching and bounded concurrency."""
-    stub, stub_url = start_stub(
-        dims, "--latency-ms", "200", "--jitter-ms", "100", "--rate-429", "0.05"
-    )
     results: dict[str, float] = {}
-    try:
+    stub_args = ("--latency-ms", "200", "--jitter-ms", "100", "--rate-429", "0.05")
+    with running_stub(dims, *stub_args) as (_, stub_url):
         for system, env in (
             ("ours_realistic", {"EMBEDDING_BATCH_SIZE": "256", "TASK_BATCH_SIZE": "512"}),
             (
@@ -153,9 +160,6 @@ async def realistic(
             results[system] = rate.rows_per_second
         await reset_rows(url, naive_rows, index=False)
         results["naive_realistic"] = (await naive(url, stub_url, naive_rows)).rows_per_second
-    finally:
-        stub.terminate()
-        stub.wait(10)
     return {
         "rows": rows,
         "naive_rows": naive_rows,
@@ -268,7 +272,7 @@ async def hook_cost(settings: Settings, url: str, *, rounds: int) -> dict[str, A
 
 async def backfill(settings: Settings, url: str, *, rows: int) -> dict[str, Any]:
     """`backend/scripts/backfill_embeddings.py` over `rows` NULL rows, no worker: its wall
-    time, enqueue rate and peak resident memory (the kernel's maxrss of the process)."""
+    time, enqueue rate (as it reports it) and peak resident memory (the kernel's maxrss)."""
     await reset_rows(url, rows, index=False)
     env = {
         **os.environ,
@@ -284,19 +288,30 @@ async def backfill(settings: Settings, url: str, *, rows: int) -> dict[str, Any]
         "EMBEDDING_DIMENSIONS": "1536",
     }
     began = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "backend/scripts/backfill_embeddings.py", "--entity", "messages"],
+    # Through a small fork-and-exec wrapper: the kernel's maxrss of a child forked straight
+    # from this (large) process would count the parent's pages it shared before exec.
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            MAXRSS_WRAPPER,
+            sys.executable,
+            "backend/scripts/backfill_embeddings.py",
+            "--entity",
+            "messages",
+        ],
         cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
+        text=True,
     )
-    _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        assert process.stderr is not None
-        raise RuntimeError(f"backfill failed: {process.stderr.read().decode()[-2000:]}")
+    if completed.returncode != 0:
+        raise RuntimeError(f"backfill failed: {completed.stderr[-2000:]}")
+    peak_kb = int(completed.stderr.strip().splitlines()[-1])
+    handed = re.search(r"handed over \d+ rows in ([\d.]+)s", completed.stdout)
+    enqueue_seconds = float(handed.group(1)) if handed else seconds
     conn = await asyncpg.connect(url)
     try:
         queued = int(
@@ -310,8 +325,9 @@ async def backfill(settings: Settings, url: str, *, rows: int) -> dict[str, Any]
         "rows": rows,
         "queued": queued,
         "seconds_including_start": round(seconds, 2),
-        "rows_per_second": round(rows / seconds, 1),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "enqueue_seconds": round(enqueue_seconds, 2),
+        "rows_per_second": round(rows / max(enqueue_seconds, 0.05), 1),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
     }
 
 
@@ -374,26 +390,27 @@ def _cell(spread: dict[str, Any], fmt: str = ",.0f") -> str:
 
 def targets(section: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    zero = section["zero_latency"][0]
-    rate = zero["rows_per_second"]
-    ours_1 = rate["ours_1"]["median"]
-    pgai_best = max(rate["pgai_default"]["median"], rate["pgai_best"]["median"])
-    rows.append(
-        target(
-            f"pipeline, 1536 dims, zero-latency stub, 1 worker ({zero['rows']:,} rows)",
-            "≥ 8,000 rows/s",
-            f"{ours_1:,.0f} rows/s ({ours_1 / rate['raw_write']['median']:.0%} of the raw write limit)",
-            ours_1 >= 8000,
+    for zero in section["zero_latency"]:
+        rate = zero["rows_per_second"]
+        ours_1 = rate["ours_1"]["median"]
+        pgai_best = max(rate["pgai_default"]["median"], rate["pgai_best"]["median"])
+        raw = rate["raw_write"]["median"]
+        rows.append(
+            target(
+                f"pipeline, 1536 dims, zero-latency stub, 1 worker, {zero['rows']:,} rows",
+                "≥ 8,000 rows/s",
+                f"{ours_1:,.0f} rows/s ({ours_1 / raw:.0%} of the raw write limit, {raw:,.0f})",
+                ours_1 >= 8000,
+            )
         )
-    )
-    rows.append(
-        target(
-            "pipeline vs pgai's best single-process setting",
-            "≥ 6x",
-            f"{ours_1 / pgai_best:.1f}x ({ours_1:,.0f} vs {pgai_best:,.0f} rows/s)",
-            ours_1 >= 6 * pgai_best,
+        rows.append(
+            target(
+                f"pipeline vs pgai's best single-process setting, {zero['rows']:,} rows",
+                "≥ 6x",
+                f"{ours_1 / pgai_best:.1f}x ({ours_1:,.0f} vs {pgai_best:,.0f} rows/s)",
+                ours_1 >= 6 * pgai_best,
+            )
         )
-    )
     local = section["local"]
     rows.append(
         target(
@@ -513,12 +530,14 @@ def render(section: dict[str, Any], plots: Path) -> str:
     out.append(f"| hook / extraction | {_cell(hook['hook_share'], '.1%')} |")
     out.append("")
     back = section["backfill"]
+    when = f" (re-measured {back['remeasured_at']})" if "remeasured_at" in back else ""
     out.append(
-        f"**Backfill**: `backend/scripts/backfill_embeddings.py` over {back['rows']:,} NULL rows, "
-        f"no worker running: {back['queued']:,} rows queued in {back['seconds_including_start']} s "
-        f"including the interpreter's start ({back['rows_per_second']:,.0f} rows/s), peak "
-        f"resident memory {back['peak_rss_mb']} MB (keyset pages of 500 ids: memory does not "
-        "grow with the table)."
+        f"**Backfill**{when}: `backend/scripts/backfill_embeddings.py` over {back['rows']:,} NULL "
+        f"rows, no worker running: {back['queued']:,} rows queued in "
+        f"{back.get('enqueue_seconds', back['seconds_including_start'])} s as the script reports "
+        f"it ({back['rows_per_second']:,.0f} rows/s; {back['seconds_including_start']} s with the "
+        f"interpreter's start and imports), peak resident memory {back['peak_rss_mb']} MB: keyset "
+        "pages of 500 ids, so memory does not grow with the table."
     )
     out.append("")
     return "\n".join(out)

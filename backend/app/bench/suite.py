@@ -28,7 +28,7 @@ from app.core.config import REPO_ROOT, Settings
 from app.core.urls import to_libpq_url
 
 DOCS = REPO_ROOT / "docs"
-ORDER = ("pipeline", "search", "index", "api")
+ORDER = ("pipeline", "search", "index", "api", "load", "faults")
 
 
 class Section(Protocol):
@@ -48,9 +48,21 @@ class IndexSection:
 
         rows, dims = (10_000, 1536) if quick else (100_000, 1536)
         async with scratch_database(settings, "tasktracker_bench_index") as url:
-            results = await build(url, rows=rows, dims=dims)
+            results = await build(
+                url,
+                rows=rows,
+                dims=dims,
+                work_mem=settings.index_maintenance_work_mem,
+                parallel_workers=settings.index_parallel_workers,
+            )
         return {
-            "config": {"quick": quick, "rows": rows, "dims": dims},
+            "config": {
+                "quick": quick,
+                "rows": rows,
+                "dims": dims,
+                "maintenance_work_mem": settings.index_maintenance_work_mem,
+                "parallel_workers": settings.index_parallel_workers,
+            },
             "builds": [r.as_dict() for r in results],
         }
 
@@ -62,7 +74,8 @@ class IndexSection:
             f"`CREATE INDEX [CONCURRENTLY] ... USING hnsw (embedding vector_cosine_ops) WITH "
             f"(m = 16, ef_construction = 64)` on {config['rows']:,} clustered synthetic vectors "
             f"× {config['dims']} dims, with the revision's session settings "
-            "(maintenance_work_mem 256MB, 2 parallel workers), while one writer inserts a row "
+            f"(maintenance_work_mem {config.get('maintenance_work_mem', '256MB')}, "
+            f"{config.get('parallel_workers', 2)} parallel workers), while one writer inserts a row "
             "and updates another every 10 ms. Writes completed during the build and their "
             "latency show who is blocked.",
             "",
@@ -91,13 +104,15 @@ class IndexSection:
 
 
 def sections() -> dict[str, Section]:
-    from app.bench import api, pipeline_suite, search
+    from app.bench import api, faults, load, pipeline_suite, search
 
     return {
         "pipeline": pipeline_suite,
         "search": search,
         "index": IndexSection(),
         "api": api,
+        "load": load,
+        "faults": faults,
     }
 
 

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     hnsw_max_scan_tuples: int = Field(default=20000, ge=1)
 
     # Vector index build (the add_vector_indexes revision).
-    index_maintenance_work_mem: str = "256MB"
+    # The HNSW graph should fit: about rows x (4 x dims + 300) bytes (100k x 1536: ~800 MB).
+    # A build that spills is several times slower (measured: 506 s with 256MB vs 35 s with 1GB).
+    index_maintenance_work_mem: str = "1GB"
     index_parallel_workers: int = Field(default=2, ge=0, le=64)
     index_lock_timeout: str = "10s"
 
