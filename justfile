@@ -35,4 +35,12 @@ lint:
 
 # Benchmarks (writes docs/BENCHMARKS.md)
 bench *ARGS:
-    uv run --group bench tasktracker bench {{ARGS}}
+    uv run tasktracker bench {{ARGS}}
+
+# Mixed load at 32 clients for 5 minutes (writes docs/BENCHMARKS.md; --quick: 1 minute)
+load *ARGS:
+    uv run --group bench tasktracker bench load {{ARGS}}
+
+# Postgres restart, provider outage and NATS restart under load (writes docs/BENCHMARKS.md)
+faults *ARGS:
+    uv run --group bench tasktracker bench faults {{ARGS}}

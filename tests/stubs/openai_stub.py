@@ -8,6 +8,7 @@
         stub.reject_substring("POISON")          # any request holding it gets a 400
         stub.vector("text")                      # the vector the stub returns for a text
         stub.stats(); stub.reset()               # see `stats` for the keys
+        stub.set_outage({"status": 503}); stub.set_outage({"hang": True}); stub.set_outage(None)
 
     uv run python -m tests.stubs.openai_stub --port 0 --dims 1536 --latency-ms 0 [--api-key K]
         # as a process: prints its base URL on the first stdout line; stops on SIGTERM/Ctrl-C
@@ -16,8 +17,15 @@ Scripted steps apply to the next requests, one each: an int status (429 comes wi
 Retry-After: 1), {"status": s, "retry_after": seconds}, {"hang": seconds} (sleep, then answer:
 a client with a shorter timeout gives up), {"dims": n} (answer with n-dimensional vectors).
 Over HTTP: POST /_stub/control with any of {"script": [...], "latency_ms", "jitter_ms",
-"rate_429", "reject_substring", "api_key", "clear_script": true, "reset": true};
-GET /_stub/stats. Every request to an embeddings endpoint counts, refused ones too.
+"rate_429", "reject_substring", "api_key", "clear_script": true, "reset": true, "outage"};
+GET /_stub/stats (GET /_stub/stats?brief=1 leaves out text_counts, cheap to poll). Every
+request to an embeddings endpoint counts, refused ones too.
+
+An outage lasts until it is ended ({"outage": null}) and applies to every request, after the
+script: {"outage": {"status": 503, "retry_after": s}} answers that status at once (retry_after
+optional); {"outage": {"hang": true}} answers nothing while the outage lasts (the request is
+held; a client with a timeout gives up), then a 503. Requests refused by it count in
+`outage_requests`.
 
 Vectors are deterministic per text (a pool of precomputed unit vectors picked by a hash), and
 base64 responses are assembled from pre-encoded strings so the stub stays cheap at thousands
@@ -76,6 +84,7 @@ class OpenAIStub:
         self.jitter_ms = 0.0
         self.rate_429 = 0.0
         self.rejected: str | None = None
+        self.outage: dict[str, Any] | None = None
         self.reset()
         self._port = port
         self._server: uvicorn.Server | None = None
@@ -91,6 +100,7 @@ class OpenAIStub:
             self.in_flight = 0
             self.max_concurrent = 0
             self.errors_sent = 0
+            self.outage_requests = 0
 
     def script(self, *steps: Any) -> None:
         """Next responses: an int status (429 comes with Retry-After: 1), {"status", "retry_after"}, {"hang": s}, {"dims": n}."""
@@ -106,6 +116,11 @@ class OpenAIStub:
     def reject_substring(self, text: str | None) -> None:
         self.rejected = text
 
+    def set_outage(self, outage: dict[str, Any] | None) -> None:
+        """Every request fails until `set_outage(None)`: {"status": s[, "retry_after": r]} or
+        {"hang": True} (held without an answer while the outage lasts, then a 503)."""
+        self.outage = outage
+
     def stats(self) -> dict[str, Any]:
         """requests (all, refused too), inputs (served), text_counts {text: times served},
         max_batch (most inputs in one request), max_concurrent (requests in flight at once),
@@ -118,6 +133,8 @@ class OpenAIStub:
                 "max_batch": self.max_batch,
                 "max_concurrent": self.max_concurrent,
                 "errors_sent": self.errors_sent,
+                "outage_requests": self.outage_requests,
+                "outage": self.outage is not None,
             }
 
     def control(self, body: dict[str, Any]) -> None:
@@ -136,6 +153,8 @@ class OpenAIStub:
                 self._script.clear()
         if body.get("reset"):
             self.reset()
+        if "outage" in body:
+            self.set_outage(body["outage"])
 
     # -- serving -----------------------------------------------------------------------
     def pool(self, dims: int) -> _Pool:
@@ -167,6 +186,9 @@ class OpenAIStub:
             if status == 429 and retry_after is None:
                 retry_after = 1
             return _error(status, "scripted failure", retry_after), dims
+        refused = await self._outage_answer()
+        if refused is not None:
+            return refused, dims
         if self.rate_429 and random.random() < self.rate_429:
             return _error(429, "rate limited", 1), dims
         if self.rejected and any(self.rejected in text for text in inputs):
@@ -177,6 +199,20 @@ class OpenAIStub:
         if delay > 0:
             await asyncio.sleep(delay / 1000)
         return None, dims
+
+    async def _outage_answer(self) -> Response | None:
+        """The answer of an ongoing outage, or None when there is none."""
+        outage = self.outage
+        if outage is None:
+            return None
+        with self._lock:
+            self.outage_requests += 1
+        if outage.get("hang"):
+            # Polled, so a call from another thread (the in-process stub) ends it as well.
+            while self.outage is outage:
+                await asyncio.sleep(0.05)
+            return _error(503, "provider outage (held)")
+        return _error(int(outage.get("status", 503)), "provider outage", outage.get("retry_after"))
 
     def _served(self, inputs: list[str]) -> None:
         with self._lock:
@@ -258,8 +294,11 @@ class OpenAIStub:
             self.control(await request.json())
             return JSONResponse({"ok": True})
 
-        async def stats(_request: Request) -> Response:
-            return JSONResponse(self.stats())
+        async def stats(request: Request) -> Response:
+            figures = self.stats()
+            if request.query_params.get("brief"):
+                figures.pop("text_counts")
+            return JSONResponse(figures)
 
         return Starlette(
             routes=[

@@ -86,12 +86,36 @@ def install_error_handlers(app: FastAPI) -> None:
                 _body("text contains characters PostgreSQL cannot store (such as NUL)"),
                 status_code=422,
             )
-        if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
-            return JSONResponse(
-                _body("database unavailable"), status_code=503, headers={"Retry-After": "2"}
-            )
+        if (
+            exc.connection_invalidated
+            or isinstance(exc.orig, DATABASE_UNAVAILABLE)
+            or isinstance(cause, DATABASE_UNAVAILABLE)
+        ):
+            return _unavailable()
         logger.exception("database error")
         return JSONResponse(_body("database error"), status_code=500)
+
+    @app.exception_handler(OSError)
+    async def unreachable(_request: Request, exc: OSError) -> JSONResponse:
+        # A connection that could not even be opened (the server restarting, its socket gone):
+        # asyncpg raises these bare, not wrapped in a DBAPIError.
+        logger.warning("a dependency is unreachable: %s", type(exc).__name__)
+        return _unavailable()
+
+
+# The database went away or is restarting: the client should retry, not report a bug.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    ConnectionError,
+    asyncpg.PostgresConnectionError,  # class 08: connection lost or refused
+    asyncpg.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now, crash
+)
+
+
+def _unavailable() -> JSONResponse:
+    return JSONResponse(
+        _body("database unavailable"), status_code=503, headers={"Retry-After": "2"}
+    )
 
 
 def _message(error: dict[str, Any]) -> str:

@@ -229,7 +229,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run --group bench tasktracker bench [pipeline|search|index|api|all] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|load|faults] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "
