@@ -675,7 +675,7 @@ def method(config: dict[str, Any]) -> str:
         "(search: `POST /api/v1/semantic_search/messages`, a distinct query each time; ingest: "
         "`POST /api/v1/messages`, one new message whose embedding the API queues; status: "
         "`GET /api/v1/embeddings/status`), with a `write` bearer token; "
-        f"{config['rate_limits']}; request timeout {config['request_timeout_seconds']:g} s; a "
+        f"rate limits {config['rate_limits']}; request timeout {config['request_timeout_seconds']:g} s; a "
         f"client pauses {ERROR_PAUSE * 1000:g} ms after a failed request. "
         "Every embedding write is logged by a trigger the benchmark adds, so the end state "
         "shows whether each (row, text version) was embedded exactly once."
