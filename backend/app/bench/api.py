@@ -105,9 +105,9 @@ LOCAL = Provider("local", "local", 384)
 LOCAL_PASSIVE = Provider("local, OMP passive", "local", 384, env=(("OMP_WAIT_POLICY", "PASSIVE"),))
 
 
-async def bench_headers(url: str) -> dict[str, str]:
-    """Headers every benchmark request carries: a `search` token created in the database the
-    API serves (`url`), so each request pays for its token check as in production."""
+async def bench_headers(url: str, scope: str = "search") -> dict[str, str]:
+    """Headers every benchmark request carries: a bearer token of `scope` created in the
+    database the API serves (`url`), so each request pays for its token check as in production."""
     from app.db import create_engine, session_factory
     from app.models.api_token import TokenScope
     from app.services.token_service import create_token
@@ -115,7 +115,7 @@ async def bench_headers(url: str) -> dict[str, str]:
     engine = create_engine(url=to_asyncpg_url(url), settings=Settings(), pool_size=1)
     try:
         async with session_factory(engine)() as session:
-            token, _ = await create_token(session, TokenScope.search, name="bench")
+            token, _ = await create_token(session, TokenScope(scope), name=f"bench {scope}")
             await session.commit()
     finally:
         await engine.dispose()

@@ -40,6 +40,7 @@ from app.bench.api import (
     Provider,
     Queries,
     api_env,
+    bench_headers,
     delete_stream,
     load_messages,
     wait_ready,
@@ -51,7 +52,6 @@ from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all, worker_child
-from app.core.urls import to_asyncpg_url
 
 DIMS = 384
 MODEL = "text-embedding-3-small"
@@ -149,22 +149,6 @@ class Stack:
         return epoch - self.wall0
 
 
-async def write_headers(url: str) -> dict[str, str]:
-    """A `write` token (ingest needs it; it covers search) in the database the API serves."""
-    from app.db import create_engine, session_factory
-    from app.models.api_token import TokenScope
-    from app.services.token_service import create_token
-
-    engine = create_engine(url=to_asyncpg_url(url), settings=Settings(), pool_size=1)
-    try:
-        async with session_factory(engine)() as session:
-            token, _ = await create_token(session, TokenScope.write, name="bench load")
-            await session.commit()
-    finally:
-        await engine.dispose()
-    return {"Authorization": f"Bearer {token}"}
-
-
 def worker_env(
     db_url: str, nats_url: str, stream: str, stub_url: str, config: StackConfig
 ) -> dict[str, str]:
@@ -210,7 +194,7 @@ async def start_stack(db_url: str, nats_url: str, config: StackConfig) -> AsyncI
         for child in children:
             child.start()
         base = f"http://127.0.0.1:{port}"
-        headers = await write_headers(db_url)
+        headers = await bench_headers(db_url, "write")  # ingest needs write; it covers search
         await wait_ready(base, headers, api)
         roots = {name: url.removesuffix("/v1") for name, (_, url) in stubs.items()}
         stack = Stack(db_url, nats_url, stream, base, headers, api, worker, roots)
