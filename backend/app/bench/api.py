@@ -41,6 +41,7 @@ from nats.js.errors import NotFoundError
 from pgvector import Vector
 from pgvector.asyncpg import register_vector
 
+from app.bench.pipeline import cpu_seconds as pipeline_cpu_seconds
 from app.bench.pipeline import migrate, start_stub
 from app.bench.scratch import scratch_database
 from app.bench.stats import Spread, latency_summary, target
@@ -205,17 +206,13 @@ class Queries:
 
 # ----------------------------------------------------------------------------- CPU time
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads) from /proc/<pid>/stat; None if unreadable."""
+    """`pipeline.cpu_seconds`, or None once the process is gone (a closed backend)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return pipeline_cpu_seconds(pid)
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 class CpuMeter:
