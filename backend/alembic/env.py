@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
-from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401 - registers the tables on the metadata
 from alembic import context
 from app.core.config import get_settings
-from app.core.errors import ConfigurationError
 
 config = context.config
 if not logging.getLogger().handlers:
@@ -57,7 +56,8 @@ def repair_vector_indexes(connection: Connection) -> None:
     """After any upgrade at or past add_vector_indexes: rebuild an invalid or wrong HNSW index."""
     from sqlalchemy import text
 
-    from app.core.vector_indexes import build_session_sql, ensure_vector_indexes
+    from app.indexes.build import BuildOptions, IndexBuilder
+    from app.indexes.progress import make_reporter
 
     connection.commit()
     current = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
@@ -70,18 +70,8 @@ def repair_vector_indexes(connection: Connection) -> None:
         return
     connection.commit()
     autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-
-    def execute(statement: str) -> list[str]:
-        result = autocommit.execute(text(statement))
-        return [str(row[0]) for row in result] if result.returns_rows else []
-
-    settings = get_settings()
-    session_sql = build_session_sql(
-        settings.index_maintenance_work_mem,
-        settings.index_parallel_workers,
-        settings.index_lock_timeout,
-    )
-    ensure_vector_indexes(execute, session_sql)
+    options = BuildOptions.from_settings(get_settings())
+    IndexBuilder(autocommit, options, make_reporter(sys.stderr)).ensure()
 
 
 def do_run_migrations(connection: Connection) -> None:
@@ -105,13 +95,17 @@ def _is_upgrade() -> bool:
 
 
 async def run_async_migrations() -> None:
-    from app.db import check_database, create_engine
+    from app.db import check_database, migration_engine
 
     connectable = config.attributes.get("connection")
     if connectable is not None:
         await connectable.run_sync(do_run_migrations)
         return
-    engine = create_engine(poolclass=pool.NullPool)
+    # SIGTERM stops a build as Ctrl-C does: the statement is cancelled, one line says what is left
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    engine = migration_engine()
     try:
         await check_database(engine)
         async with engine.connect() as connection:
@@ -121,11 +115,19 @@ async def run_async_migrations() -> None:
 
 
 def run_migrations_online() -> None:
+    from app.indexes.build import IndexBuildInterrupted, app_error_in
+
     try:
         asyncio.run(run_async_migrations())
-    except ConfigurationError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)  # noqa: T201 - the CLI's one line
-        raise SystemExit(1) from None
+    except Exception as exc:  # a configuration or index build error: one line, no traceback
+        error = app_error_in(exc)
+        if error is None:
+            raise
+        print(f"error: {error.message}", file=sys.stderr)  # noqa: T201 - the CLI's one line
+        raise SystemExit(130 if isinstance(error, IndexBuildInterrupted) else 1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)  # noqa: T201 - the builder said what is left
+        raise SystemExit(130) from None
 
 
 if context.is_offline_mode():

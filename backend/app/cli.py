@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.commands.index import index_app
 from app.commands.tokens import token_app
 from app.core.config import get_settings
 from app.core.errors import AppError
@@ -227,6 +228,7 @@ def demo(
 
 
 app.add_typer(token_app, name="token")
+app.add_typer(index_app, name="index")
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
 
@@ -234,7 +236,10 @@ BENCH_SECTIONS = ("pipeline", "search", "index", "api")
 @app.command("bench")
 def bench(
     what: Annotated[
-        str, typer.Argument(help="pipeline, search, index, api or all (the four); load or faults.")
+        str,
+        typer.Argument(
+            help="pipeline, search, index, api or all (the four); migrate, load or faults."
+        ),
     ] = "all",
     quick: Annotated[
         bool, typer.Option("--quick", help="Small sizes, one or two rounds (under 5 minutes).")
@@ -245,11 +250,11 @@ def bench(
 ) -> None:
     """Benchmarks side by side: writes docs/BENCHMARKS.md, docs/bench/*.png and results.json."""
     names = list(BENCH_SECTIONS) if what == "all" else [what]
-    # load and faults run only when named: `bench all` stays the speed sections.
-    if what != "all" and what not in (*BENCH_SECTIONS, "load", "faults"):
+    # migrate, load and faults run only when named: `bench all` stays the speed sections.
+    if what != "all" and what not in (*BENCH_SECTIONS, "migrate", "load", "faults"):
         err_console.print(
             f"[red]unknown benchmark {what!r}.[/] Fix: one of "
-            f"{', '.join(BENCH_SECTIONS)}, load, faults, all"
+            f"{', '.join(BENCH_SECTIONS)}, migrate, load, faults, all"
         )
         raise typer.Exit(2)
     try:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from app.core.config import Settings, get_settings
 from app.core.endpoints import database_url
@@ -61,13 +62,23 @@ def create_engine(
     given = options.pop("connect_args", {})
     options["connect_args"] = {
         "timeout": 10,
-        "command_timeout": 60,
+        "command_timeout": settings.db_command_timeout_seconds,
         **given,
         "server_settings": {**searching, **given.get("server_settings", {})},
     }
     engine = create_async_engine(url or database_url(settings), **options)
     event.listen(engine.sync_engine, "connect", _on_connect(options["connect_args"]))
     return engine
+
+
+def migration_engine(url: str | None = None, settings: Settings | None = None) -> AsyncEngine:
+    """The engine `alembic` runs on: one connection, no client-side statement timeout.
+
+    An HNSW build on a real table takes minutes to hours; asyncpg's `command_timeout` would
+    cancel it and leave the index INVALID. The index session bounds itself server-side
+    (`statement_timeout = 0` and its own `lock_timeout`).
+    """
+    return create_engine(url, settings, poolclass=NullPool, connect_args={"command_timeout": None})
 
 
 def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:

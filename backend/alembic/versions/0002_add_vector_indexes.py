@@ -13,13 +13,14 @@ Safe to run on a live table and to run again:
   index broken later is repaired by the next `alembic upgrade head`;
 - pgvector must be >= 0.5.0, checked before anything is touched;
 - maintenance_work_mem, parallel maintenance workers and lock_timeout are set for this session
-  only. Watch the build from another session with:
-    SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total
-    FROM pg_stat_progress_create_index;
+  only, and online the build raises maintenance_work_mem to what the HNSW graph needs (up to
+  INDEX_MAINTENANCE_WORK_MEM_MAX) and shows its progress from pg_stat_progress_create_index
+  (app/indexes/build.py). The migration's connection has no client-side statement timeout.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -32,6 +33,8 @@ from app.core.vector_indexes import (
     build_session_sql,
     ensure_vector_indexes,
 )
+from app.indexes.build import BuildOptions, IndexBuilder
+from app.indexes.progress import make_reporter
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -63,7 +66,12 @@ def _execute(statement: str) -> list[str]:
 def upgrade() -> None:
     op.execute(VECTOR_VERSION_CHECK_SQL)
     with op.get_context().autocommit_block():
-        ensure_vector_indexes(_execute, session_sql())
+        if context.is_offline_mode():
+            ensure_vector_indexes(_execute, session_sql())
+            return
+        # online: the memory check, progress from pg_stat_progress_create_index, one-line errors
+        options = BuildOptions.from_settings(get_settings())
+        IndexBuilder(op.get_bind(), options, make_reporter(sys.stderr)).ensure()
 
 
 def downgrade() -> None:

@@ -59,12 +59,15 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
     hnsw_max_scan_tuples: int = Field(default=20000, ge=1)
 
-    # Vector index build (the add_vector_indexes revision).
-    # The HNSW graph should fit: about rows x (4 x dims + 300) bytes (100k x 1536: ~800 MB).
-    # A build that spills is several times slower (measured: 506 s with 256MB vs 35 s with 1GB).
+    # Vector index build (the add_vector_indexes revision, its repair, `tasktracker index`).
+    # The HNSW graph should fit: about rows x (4 x dims + 670) bytes (100k x 1536: ~680 MB).
+    # A build that spills is ~10x slower (measured: 506 s with 256MB vs 52 s with 1GB), so the
+    # build raises its session's value to what the graph needs, up to the ceiling, and says so.
     index_maintenance_work_mem: str = "1GB"
+    index_maintenance_work_mem_max: str = "4GB"
     index_parallel_workers: int = Field(default=2, ge=0, le=64)
     index_lock_timeout: str = "10s"
+    index_progress_interval_seconds: float = Field(default=1.0, gt=0)
 
     # API.
     api_host: str = "127.0.0.1"
@@ -75,6 +78,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Client-side bound on one statement of the app's pools (never on migrations: see db.py).
+    db_command_timeout_seconds: float = Field(default=60.0, gt=0)
     # Limits (app.api.limits). Rate limits are token buckets per token and route group, kept
     # in each API process: N API processes admit up to N times as much. 0 turns one off.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)

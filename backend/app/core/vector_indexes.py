@@ -23,15 +23,51 @@ class VectorIndex:
 
     @property
     def create_sql(self) -> str:
+        return self.create_statement(concurrently=True)
+
+    def create_statement(self, *, concurrently: bool) -> str:
         params = ", ".join(f"{key} = {value}" for key, value in HNSW_PARAMS.items())
+        keyword = "CONCURRENTLY " if concurrently else ""
         return (
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.name} ON {self.table} "
+            f"CREATE INDEX {keyword}IF NOT EXISTS {self.name} ON {self.table} "
             f"USING hnsw ({self.column} {HNSW_OPCLASS}) WITH ({params})"
         )
 
     @property
     def drop_sql(self) -> str:
-        return f"DROP INDEX CONCURRENTLY IF EXISTS {self.name}"
+        return self.drop_statement(concurrently=True)
+
+    def drop_statement(self, *, concurrently: bool) -> str:
+        keyword = "CONCURRENTLY " if concurrently else ""
+        return f"DROP INDEX {keyword}IF EXISTS {self.name}"
+
+    def reindex_statement(self, *, concurrently: bool) -> str:
+        keyword = "CONCURRENTLY " if concurrently else ""
+        return f"REINDEX INDEX {keyword}{self.name}"
+
+    @property
+    def leftovers_sql(self) -> str:
+        """SELECT yielding a DROP for each invalid copy a failed REINDEX CONCURRENTLY left."""
+        return (
+            "SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname) "
+            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE n.nspname = current_schema() AND NOT i.indisvalid "
+            f"AND c.relname ~ '^{self.name}_cc(new|old)[0-9]*$'"
+        )
+
+    @property
+    def rows_sql(self) -> str:
+        """The rows the index will hold (pgvector skips NULL vectors)."""
+        return f"SELECT count(*) FROM {self.table} WHERE {self.column} IS NOT NULL"
+
+    @property
+    def dims_sql(self) -> str:
+        """The column's declared dimensions (its type modifier)."""
+        return (
+            f"SELECT atttypmod FROM pg_attribute WHERE attrelid = '{self.table}'::regclass "
+            f"AND attname = '{self.column}'"
+        )
 
     @property
     def matches_sql(self) -> str:
@@ -68,6 +104,28 @@ class VectorIndex:
             "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
             f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema()"
+        )
+
+    @property
+    def report_sql(self) -> str:
+        """state_sql plus the index's size and the note of its last build (its comment)."""
+        return (
+            f"SELECT i.indisvalid, i.indisready, ({self.matches_sql}) AS matches, "
+            "pg_get_indexdef(c.oid), pg_relation_size(c.oid), obj_description(c.oid, 'pg_class') "
+            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
+            f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema()"
+        )
+
+    @property
+    def progress_sql(self) -> str:
+        """A build running on this index's table now: phase, counters, elapsed seconds."""
+        return (
+            "SELECT p.phase, p.tuples_done, p.tuples_total, p.blocks_done, p.blocks_total, "
+            "p.lockers_done, p.lockers_total, "
+            "extract(epoch FROM clock_timestamp() - a.query_start)::float8 "
+            "FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid "
+            f"WHERE p.relid = '{self.table}'::regclass"
         )
 
 
