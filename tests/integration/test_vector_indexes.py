@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import numpy as np
@@ -238,3 +239,51 @@ async def test_filtered_search_returns_limit_rows_with_the_index(big_table: Asyn
             {"q": _query()},
         )
         assert short.scalar_one() < limit
+
+
+SEARCH_CASES = [
+    {"tuning": search.SearchTuning(ef_search=ef)} for ef in (10, 20, 40, 64, 200, 400, 1000)
+] + [
+    {"offset": 200},
+    {"offset": 900, "limit": 100},
+    {"filters": search.SearchFilters(channel="c3")},
+    {"filters": search.SearchFilters(author="author3"), "offset": 300},
+    {"filters": search.SearchFilters(sent_after=datetime(2000, 1, 1, tzinfo=UTC))},
+    {"threshold": 0.9},
+    {"threshold": 0.2, "offset": 500, "filters": search.SearchFilters(channel="c1")},
+]
+
+
+async def plans(engine: AsyncEngine, tuning_min_rows: int) -> list[str]:
+    found = []
+    for case in SEARCH_CASES:
+        args = dict(case)
+        tuning = args.pop("tuning", search.SearchTuning())
+        tuning = search.SearchTuning(tuning.ef_search, tuning.max_scan_tuples, tuning_min_rows)
+        async with session_factory(engine)() as session:
+            found.append(
+                await search.explain_vector_page(
+                    session,
+                    MESSAGES,
+                    _query(),
+                    tuning=tuning,
+                    **args,  # type: ignore[arg-type]
+                )
+            )
+    return found
+
+
+async def test_every_search_plan_uses_the_hnsw_index_whatever_ef_offset_filter_or_threshold(
+    big_table: AsyncEngine,
+) -> None:
+    search._plan_facts.clear()
+    for case, plan in zip(SEARCH_CASES, await plans(big_table, 1000), strict=True):
+        assert "Index Scan using messages_embedding_hnsw_idx" in plan, (case, plan)
+        assert "Seq Scan on messages" not in plan, (case, plan)
+
+    # The same statements with the planner left alone: some of them scan the table, so the
+    # assertions above can fail.
+    search._plan_facts.clear()
+    unforced = await plans(big_table, 10**9)
+    assert any("Seq Scan on messages" in plan for plan in unforced)
+    search._plan_facts.clear()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # Search.
     hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
     hnsw_max_scan_tuples: int = Field(default=20000, ge=1)
+    # From this many rows on, a search always uses a valid HNSW index (never a sequential scan
+    # the planner misjudges); below, an exact scan is as fast and may be chosen.
+    search_index_min_rows: int = Field(default=1000, ge=0)
 
     # Vector index build (the add_vector_indexes revision, its repair, `tasktracker index`).
     # The HNSW graph should fit: about rows x (4 x dims + 670) bytes (100k x 1536: ~680 MB).

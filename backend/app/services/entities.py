@@ -17,6 +17,11 @@ class Entity:
     table: str
     text_sql: str
 
+    @property
+    def index(self) -> str:
+        """The HNSW index on the entity's embedding (app.core.vector_indexes builds it)."""
+        return f"{self.table}_embedding_hnsw_idx"
+
 
 MESSAGES = Entity("messages", "messages", MESSAGE_TEXT_SQL)
 ATOMS = Entity("atoms", "atoms", ATOM_TEXT_SQL)

@@ -31,7 +31,9 @@ router = APIRouter(
 
 def _tuning(state: StateDep) -> search.SearchTuning:
     return search.SearchTuning(
-        ef_search=state.settings.hnsw_ef_search, max_scan_tuples=state.settings.hnsw_max_scan_tuples
+        ef_search=state.settings.hnsw_ef_search,
+        max_scan_tuples=state.settings.hnsw_max_scan_tuples,
+        index_min_rows=state.settings.search_index_min_rows,
     )
 
 
