@@ -238,7 +238,7 @@ def bench(
     what: Annotated[
         str,
         typer.Argument(
-            help="pipeline, search, index, api or all (the four); migrate, load or faults."
+            help="pipeline, search, index, api or all (the four); migrate, scale, load or faults."
         ),
     ] = "all",
     quick: Annotated[
@@ -250,11 +250,11 @@ def bench(
 ) -> None:
     """Benchmarks side by side: writes docs/BENCHMARKS.md, docs/bench/*.png and results.json."""
     names = list(BENCH_SECTIONS) if what == "all" else [what]
-    # migrate, load and faults run only when named: `bench all` stays the speed sections.
-    if what != "all" and what not in (*BENCH_SECTIONS, "migrate", "load", "faults"):
+    # migrate, scale, load and faults run only when named: `bench all` stays the four.
+    if what != "all" and what not in (*BENCH_SECTIONS, "migrate", "scale", "load", "faults"):
         err_console.print(
             f"[red]unknown benchmark {what!r}.[/] Fix: one of "
-            f"{', '.join(BENCH_SECTIONS)}, migrate, load, faults, all"
+            f"{', '.join(BENCH_SECTIONS)}, migrate, scale, load, faults, all"
         )
         raise typer.Exit(2)
     try:

@@ -28,7 +28,7 @@ from app.core.config import REPO_ROOT, Settings
 from app.core.urls import to_libpq_url
 
 DOCS = REPO_ROOT / "docs"
-ORDER = ("pipeline", "search", "index", "migrate", "api", "load", "faults")
+ORDER = ("pipeline", "search", "scale", "index", "migrate", "api", "load", "faults")
 
 
 class Section(Protocol):
@@ -104,13 +104,14 @@ class IndexSection:
 
 
 def sections() -> dict[str, Section]:
-    from app.bench import api, faults, load, migrate, pipeline_suite, search
+    from app.bench import api, faults, load, migrate, pipeline_suite, search, search_scale
 
     return {
         "pipeline": pipeline_suite,
         "search": search,
         "index": IndexSection(),
         "migrate": migrate,
+        "scale": search_scale,
         "api": api,
         "load": load,
         "faults": faults,
@@ -230,7 +231,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|load|faults] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|load|faults] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "
