@@ -28,7 +28,7 @@ from app.core.config import REPO_ROOT, Settings
 from app.core.urls import to_libpq_url
 
 DOCS = REPO_ROOT / "docs"
-ORDER = ("pipeline", "search", "scale", "index", "migrate", "api", "load", "faults")
+ORDER = ("pipeline", "search", "scale", "freshness", "index", "migrate", "api", "load", "faults")
 
 
 class Section(Protocol):
@@ -104,7 +104,16 @@ class IndexSection:
 
 
 def sections() -> dict[str, Section]:
-    from app.bench import api, faults, load, migrate, pipeline_suite, search, search_scale
+    from app.bench import (
+        api,
+        faults,
+        freshness,
+        load,
+        migrate,
+        pipeline_suite,
+        search,
+        search_scale,
+    )
 
     return {
         "pipeline": pipeline_suite,
@@ -112,6 +121,7 @@ def sections() -> dict[str, Section]:
         "index": IndexSection(),
         "migrate": migrate,
         "scale": search_scale,
+        "freshness": freshness,
         "api": api,
         "load": load,
         "faults": faults,
@@ -231,7 +241,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|load|faults] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|freshness|load|faults] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "
