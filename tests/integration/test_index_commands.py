@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +23,13 @@ async def index_oid(url: str, name: str) -> int | None:
         await conn.close()
 
 
+def index_command(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tasktracker index ARGS` against `url`."""
+    return cli("index", *args, env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+
+
 def status(url: str, tmp_path: Path) -> dict[str, dict[str, object]]:
-    result = cli("index", "status", "--json", env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+    result = index_command(url, tmp_path, "status", "--json")
     assert result.returncode == 0, result.stderr
     return {report["name"]: report for report in json.loads(result.stdout)}
 
@@ -41,7 +47,7 @@ async def test_status_shows_health_size_and_the_last_build_of_each_index(
         assert int(report["size_bytes"]) > 0  # type: ignore[call-overload]
         build = report["last_build"]
         assert isinstance(build, dict) and build["how"] == "CONCURRENTLY" and build["rows"] == 0
-    table = cli("index", "status", env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+    table = index_command(url, tmp_path, "status")
     assert table.returncode == 0 and "last built" in table.stdout
 
 
@@ -52,13 +58,7 @@ async def test_rebuild_of_a_healthy_index_reindexes_it_concurrently(
     await fill_messages(url, 500)
     before = await index_oid(url, MESSAGES_INDEX)
 
-    result = cli(
-        "index",
-        "rebuild",
-        "--entity",
-        "messages",
-        env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)},
-    )
+    result = index_command(url, tmp_path, "rebuild", "--entity", "messages")
 
     assert result.returncode == 0, result.stderr
     assert "REINDEX CONCURRENTLY" in result.stderr and "valid," in result.stderr
@@ -76,14 +76,7 @@ async def test_rebuild_drops_an_invalid_index_and_builds_it_blocking_when_asked(
     await plant_invalid_index(url)
     assert await index_valid(url, MESSAGES_INDEX) is False
 
-    result = cli(
-        "index",
-        "rebuild",
-        "--entity",
-        "messages",
-        "--blocking",
-        env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)},
-    )
+    result = index_command(url, tmp_path, "rebuild", "--entity", "messages", "--blocking")
 
     assert result.returncode == 0, result.stderr
     assert "dropping it to build it again" in result.stderr

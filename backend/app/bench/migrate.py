@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -23,9 +21,10 @@ from typing import Any
 import asyncpg
 import psutil
 
+from app.bench.pipeline import alembic
 from app.bench.scratch import scratch_database
 from app.bench.stats import target
-from app.core.config import REPO_ROOT, Settings
+from app.core.config import Settings
 from app.indexes.memory import human
 
 FULL_SIZES = ((1_000_000, 384), (200_000, 1536))
@@ -47,18 +46,6 @@ class MigrateRun:
     peak_build_memory_bytes: int
     load_average: float
     output: list[str]
-
-
-def alembic(url: str, dims: int, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_DIMENSIONS": str(dims)}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 async def fill(url: str, rows: int, dims: int, clusters: int = 50) -> None:

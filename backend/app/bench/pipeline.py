@@ -100,15 +100,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def migrate(url: str, dims: int) -> None:
+def alembic(url: str, dims: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`alembic ARGS` as users run it, on `url`, with the columns at `dims` dimensions."""
     env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_DIMENSIONS": str(dims)}
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
         cwd=REPO_ROOT,
         env=env,
-        check=True,
         capture_output=True,
+        text=True,
+        check=False,
     )
+
+
+def migrate(url: str, dims: int) -> None:
+    """`alembic upgrade head`; an error raises with alembic's output."""
+    result = alembic(url, dims, "upgrade", "head")
+    if result.returncode != 0:
+        raise RuntimeError(f"alembic upgrade head failed: {result.stderr[-2000:]}")
 
 
 async def reset_rows(url: str, rows: int, *, index: bool, texts: list[str] | None = None) -> None:

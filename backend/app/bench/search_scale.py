@@ -31,7 +31,7 @@ from pgvector.asyncpg import register_vector
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bench import search as base
-from app.bench.migrate import alembic
+from app.bench.pipeline import alembic
 from app.bench.scratch import scratch_database
 from app.bench.stats import target
 from app.core.config import Settings
