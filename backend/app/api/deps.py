@@ -27,5 +27,17 @@ async def get_session(
             await session.rollback()
 
 
+async def get_read_session(
+    state: Annotated[AppState, Depends(get_state)],
+) -> AsyncIterator[AsyncSession]:
+    """A session for read-only routes: on the read replica while it serves, else the primary."""
+    async with state.reads.session() as session:
+        try:
+            yield session
+        finally:
+            await session.rollback()
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]

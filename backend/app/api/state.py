@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.api.limits import RateLimiter
 from app.core.config import Settings
 from app.db import create_engine, session_factory
+from app.replica import ReadRouter
 from app.services.embedding_registry import EmbeddingRegistry
 from app.tasks.broker import broker
 
@@ -20,6 +21,7 @@ class AppState:
         self.settings = settings
         self.engine: AsyncEngine = engine or create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.reads = ReadRouter(settings, self.sessions)
         self.registry = EmbeddingRegistry(settings)
         self.limiter = RateLimiter.from_settings(settings)
         self.broker_ready = False
@@ -35,4 +37,5 @@ class AppState:
         if self.broker_ready:
             await broker.shutdown()
         await self.registry.aclose()
+        await self.reads.aclose()
         await self.engine.dispose()

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str | None = None
+    # A streaming replica for search and other read-only routes; unset: everything on the primary.
+    database_read_url: str | None = None
+    read_replica_max_lag_seconds: float = Field(default=10.0, ge=0)
+    read_replica_check_seconds: float = Field(default=5.0, gt=0)
     nats_url: str | None = None
     data_dir: Path = REPO_ROOT / ".data"
 

@@ -31,7 +31,15 @@ async def ready(request: Request) -> JSONResponse:
     client = getattr(broker, "client", None)
     checks["broker"] = "ok" if client is None or client.is_connected else "unavailable"
     healthy = all(value == "ok" for value in checks.values())
+    body: dict[str, object] = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    if state.reads.health.configured:  # informational: reads fall back to the primary
+        replica = await state.reads.check()
+        body["read_replica"] = {
+            "serving": replica.serving,
+            "lag_seconds": replica.lag_seconds,
+            "reason": replica.reason,
+        }
     return JSONResponse(
-        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        body,
         status_code=200 if healthy else 503,
     )

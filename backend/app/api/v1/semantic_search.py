@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.api.auth import AUTH_RESPONSES, SearchAccess
-from app.api.deps import SessionDep, StateDep
+from app.api.deps import ReadSessionDep, StateDep
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
 from app.schemas.search import (
     AtomSearchRequest,
@@ -69,7 +69,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 async def _search(
     state: StateDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     entity: Entity,
     body: SearchRequest,
     filters: search.SearchFilters,
@@ -95,7 +95,7 @@ async def _search(
 
 @router.post("/messages", summary="Search messages by meaning")
 async def search_messages(
-    body: MessageSearchRequest, state: StateDep, session: SessionDep
+    body: MessageSearchRequest, state: StateDep, session: ReadSessionDep
 ) -> SearchResponse:
     """Messages nearest to the query (cosine, HNSW); `mode=hybrid` adds full-text matches."""
     filters = search.SearchFilters(
@@ -109,7 +109,7 @@ async def search_messages(
 
 @router.post("/atoms", summary="Search atoms by meaning")
 async def search_atoms(
-    body: AtomSearchRequest, state: StateDep, session: SessionDep
+    body: AtomSearchRequest, state: StateDep, session: ReadSessionDep
 ) -> SearchResponse:
     """Atoms nearest to the query, optionally of some types or one topic."""
     filters = search.SearchFilters(
@@ -120,7 +120,7 @@ async def search_atoms(
 
 async def _similar(
     state: StateDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     entity: Entity,
     row_id: uuid.UUID,
     limit: int,
@@ -151,7 +151,7 @@ Threshold = Annotated[
 async def similar_messages(
     message_id: uuid.UUID,
     state: StateDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Limit = 10,
     threshold: Threshold = None,
 ) -> SearchResponse:
@@ -163,7 +163,7 @@ async def similar_messages(
 async def similar_atoms(
     atom_id: uuid.UUID,
     state: StateDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Limit = 10,
     threshold: Threshold = None,
 ) -> SearchResponse:
