@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     embedding_max_retries: int = Field(default=5, ge=0, le=20)
     embedding_timeout_seconds: float = Field(default=30.0, gt=0)
     embedding_max_attempts: int = Field(default=3, ge=1, le=100)
-    # A worker's claim on the rows it embeds, renewed while it works; a dead worker's expires.
-    embedding_lease_seconds: float = Field(default=120.0, gt=0)
+    # A worker's claim on the rows it embeds, renewed while it works; a dead worker's expires
+    # after this long and the rows are taken again.
+    embedding_lease_seconds: float = Field(default=30.0, ge=1)
     # How long a task retries a database that went away (restart, failover) before it gives up.
     db_retry_seconds: float = Field(default=300.0, ge=0)
     query_cache_size: int = Field(default=1024, ge=0)

@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -49,16 +49,18 @@ class EmbedStats:
     embedded: int = 0
     skipped: int = 0
     failed: int = 0
+    # Skipped because another task holds a live lease on them (not counted as done).
+    busy: list[uuid.UUID] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {"embedded": self.embedded, "skipped": self.skipped, "failed": self.failed}
 
 
 @dataclass(frozen=True)
 class Lease:
     """Who holds the claim (one owner per embed_rows call) and for how long it lasts."""
 
-    seconds: float = 120.0
+    seconds: float = 30.0
     renew_every: float | None = None  # default: a third of the lease
     owner: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -127,6 +129,16 @@ def _claim_sql(entity: Entity) -> str:
     """
 
 
+def _busy_sql(entity: Entity) -> str:
+    return f"""
+        SELECT id FROM {entity.table}
+        WHERE id = ANY($1::uuid[]) AND embedding_claimed_by <> $2
+          AND embedding_claim_expires_at >= now()
+          AND embedding_content_hash IS DISTINCT FROM content_hash
+        ORDER BY id
+    """
+
+
 def _renew_sql(entity: Entity) -> str:
     return f"""
         UPDATE {entity.table}
@@ -185,6 +197,15 @@ async def _claim(
             _claim_sql(entity), list(ids), model, max_attempts, lease.owner, lease.seconds
         )
     return sorted(rows, key=lambda row: row["id"])
+
+
+async def _busy(
+    engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID], lease: Lease
+) -> list[uuid.UUID]:
+    async with engine.connect() as conn:
+        apg = await driver_connection(conn)
+        rows = await apg.fetch(_busy_sql(entity), list(ids), lease.owner)
+    return [row["id"] for row in rows]
 
 
 async def release(
@@ -297,10 +318,13 @@ async def embed_rows(
     lease = lease or Lease()
     retry = retry or DbRetry()
     stats = EmbedStats()
-    todo = list(ids)
+    todo, first = list(ids), True
     for _ in range(MAX_ROUNDS):
         rows = await retry.run(partial(_claim, engine, entity, todo, model, max_attempts, lease))
         stats.skipped += len(todo) - len(rows)
+        if first and len(rows) < len(todo):
+            stats.busy = await retry.run(partial(_busy, engine, entity, todo, lease))
+        first = False
         if not rows:
             return stats
         claimed = [row["id"] for row in rows]

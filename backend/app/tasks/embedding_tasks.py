@@ -69,6 +69,9 @@ async def _embed_batch(
         await _failed(entity, row_ids, exc, delivery)
         return {"embedded": 0, "skipped": 0, "failed": len(row_ids)}
     logger.info("embedded %s: %s", entity.name, stats.as_dict())
+    if stats.busy and delivery is not None and not delivery.last:
+        # Another task holds them: done soon, or its worker died and the lease runs out.
+        await delivery.nak(settings.embedding_lease_seconds / 2)
     return stats.as_dict()
 
 
