@@ -32,7 +32,7 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq.abc.broker import AsyncBroker as _AsyncBroker
 from taskiq.context import Context
@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 DELIVERY_LABEL = "_delivery"
 # Stream settings this module owns; the others keep what the server chose.
 _STREAM_FIELDS = ("subjects", "retention", "max_age", "max_bytes", "discard")
+RETENTION_FIXED = 10052  # JetStream: "stream configuration update can not change retention"
 
 
 @dataclass
@@ -120,7 +121,9 @@ class JetStreamBroker(PullBasedJetStreamBroker):
         try:
             await self.js.update_stream(config=wanted)
             logger.info("stream %s updated to the configured limits", wanted.name)
-        except BadRequestError:
+        except APIError as exc:
+            if exc.err_code != RETENTION_FIXED:
+                raise
             await self._replace_stream(info)
 
     async def _replace_stream(self, info: StreamInfo) -> None:
