@@ -351,3 +351,47 @@ async def test_a_stream_with_waiting_tasks_keeps_them_and_takes_the_limits(nats_
         await broker.shutdown()
         await js.delete_stream(name)
         await nc.close()
+
+
+async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipeline) -> None:
+    pipeline.env.update(
+        NATS_MAX_DELIVER="2", NATS_ACK_WAIT_SECONDS="3", EMBEDDING_LEASE_SECONDS="1"
+    )
+    await insert_messages(pipeline.engine, 10)
+    pipeline.stub.set_outage({"hang": True})  # every delivery is in flight when its worker dies
+    first = pipeline.worker("--no-sweeper")
+    await pipeline.enqueue_all(MESSAGES)
+    await _wait_requests(pipeline, 1)
+    others = [pipeline.worker("--no-sweeper"), pipeline.worker("--no-sweeper")]
+    first.kill()
+    await _wait_requests(pipeline, 2)  # the redelivery, to one of the others
+    running = [w for w in others if "Executing task" in w.output()]
+    assert len(running) == 1, [w.output()[-2000:] for w in others]
+    running[0].kill()
+    pipeline.stub.set_outage(None)
+
+    # No third delivery: JetStream gives up and the worker left parks the rows.
+    deadline = time.monotonic() + 120
+    while True:
+        async with pipeline.engine.connect() as conn:
+            errors = list(
+                (
+                    await conn.execute(
+                        text("SELECT embedding_error FROM messages WHERE embedding_attempts >= 3")
+                    )
+                ).scalars()
+            )
+        if len(errors) == 10:
+            break
+        assert time.monotonic() < deadline, [w.output()[-2000:] for w in others]
+        await asyncio.sleep(0.2)
+    assert set(errors) == {"the task never completed in 2 deliveries (its worker died or hung)"}
+    await _wait_stream_empty(pipeline, timeout=60)
+    assert pipeline.stub.stats()["inputs"] == 0
+
+
+async def _wait_requests(pipeline: Pipeline, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while pipeline.stub.stats()["requests"] < count:
+        assert time.monotonic() < deadline, [w.output()[-2000:] for w in pipeline.workers]
+        await asyncio.sleep(0.05)

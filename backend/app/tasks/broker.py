@@ -15,6 +15,7 @@ it runs in. A changed configuration is applied to an existing stream and consume
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -129,14 +130,15 @@ class JetStreamBroker(PullBasedJetStreamBroker):
     async def _replace_stream(self, info: StreamInfo) -> None:
         """The retention cannot change in place: recreate the stream if no task waits in it."""
         wanted = self.stream_config
-        waiting = await self._tasks_waiting(info)
-        if waiting:
+        # Only a worker recreates it (and its consumer right after); a publisher leaves it.
+        waiting = await self._tasks_waiting(info) if self.is_worker_process else None
+        if waiting is None or waiting:
             logger.warning(
-                "stream %s keeps its %s retention for now: %d tasks wait in it; it becomes a "
-                "work queue at a start when it is drained. Its limits are applied.",
+                "stream %s keeps its %s retention for now (%s); it becomes a work queue when "
+                "a worker starts with no task waiting in it. Its limits are applied.",
                 wanted.name,
                 info.config.retention,
-                waiting,
+                "not a worker" if waiting is None else f"{waiting} tasks wait in it",
             )
             kept = StreamConfig.from_response(info.config.as_dict())
             kept.max_age, kept.max_bytes, kept.discard = (
@@ -191,9 +193,22 @@ class JetStreamBroker(PullBasedJetStreamBroker):
             except Exception as exc:  # noqa: BLE001 - nats-py reconnects underneath
                 logger.warning("fetching from NATS failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
+                await self._resubscribe()
                 continue
             for msg in messages:
                 yield self._ackable(msg)
+
+    async def _resubscribe(self) -> None:
+        """Create the consumer again if it went (its stream was recreated by another worker)."""
+        if not self.client.is_connected:
+            return
+        try:
+            await self.js.consumer_info(str(self.stream_config.name), self.durable)
+        except NotFoundError:
+            with contextlib.suppress(Exception):
+                await self._startup_consumer()
+        except Exception:  # noqa: BLE001, S110 - the next fetch tells
+            pass
 
     def _ackable(self, msg: Msg) -> AckableMessage:
         """The message for taskiq, labelled with a key to its Delivery (see current_delivery)."""
