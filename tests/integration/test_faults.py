@@ -365,8 +365,13 @@ async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipel
     others = [pipeline.worker("--no-sweeper"), pipeline.worker("--no-sweeper")]
     first.kill()
     await _wait_requests(pipeline, 2)  # the redelivery, to one of the others
-    running = [w for w in others if "Executing task" in w.output()]
-    assert len(running) == 1, [w.output()[-2000:] for w in others]
+    async with pipeline.engine.connect() as conn:  # the lease says who: host:pid:run
+        owners = set(
+            (await conn.execute(text("SELECT embedding_claimed_by FROM messages"))).scalars()
+        )
+    pids = {int(owner.split(":")[1]) for owner in owners if owner}
+    running = [w for w in others if w.process is not None and w.process.pid in pids]
+    assert len(running) == 1, (owners, [w.output()[-2000:] for w in others])
     running[0].kill()
     pipeline.stub.set_outage(None)
 
