@@ -81,7 +81,17 @@ def _yes(value: bool) -> str:
     return "[green]yes[/]" if value else "[red]no[/]"
 
 
-async def _status() -> tuple[list[Any], list[Any]]:
+def parked_table(reasons: list[Any]) -> Table:
+    """Why rows are parked, and how to retry them."""
+    table = Table(title="Parked rows (retry: tasktracker backfill --retry-failed)")
+    for column in ("entity", "rows", "reason"):
+        table.add_column(column, justify="right" if column == "rows" else "left")
+    for reason in reasons:
+        table.add_row(reason.entity, str(reason.rows), reason.reason)
+    return table
+
+
+async def _status() -> tuple[list[Any], list[Any], list[Any]]:
     from app.db import check_database, create_engine, session_factory
     from app.services import status_service
 
@@ -94,7 +104,10 @@ async def _status() -> tuple[list[Any], list[Any]]:
                 session, max_attempts=settings.embedding_max_attempts
             )
             indexes = await status_service.index_states(session)
-        return rows, indexes
+            reasons = await status_service.parked_reasons(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+        return rows, indexes, reasons
     finally:
         await engine.dispose()
 
@@ -104,15 +117,18 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Embedding coverage per entity and the health of the HNSW indexes."""
-    rows, indexes = run(_status)
+    rows, indexes, reasons = run(_status)
     if as_json:
         payload = {
             "coverage": [row.as_dict() for row in rows],
             "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
+            "parked": [vars(reason) for reason in reasons],
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     console.print(coverage_table(rows, indexes))
+    if reasons:
+        console.print(parked_table(reasons))
 
 
 @app.command()

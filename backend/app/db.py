@@ -173,3 +173,33 @@ async def check_database(engine: AsyncEngine) -> str:
 def version_tuple(version: str) -> tuple[int, ...]:
     """'0.8.1' -> (0, 8, 1)."""
     return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+# Errors that say the server is gone for now (restart, failover, network), not that the
+# statement is wrong: 08* connection exceptions, 57P* operator intervention (admin shutdown,
+# crash shutdown, cannot connect now), a connection that was closed under us, a refused connect.
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    InterfaceError,
+    OperationalError,
+)
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database is unreachable for now."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _TRANSIENT):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from app.core import endpoints
 from app.core.config import Settings, get_settings
+from app.core.embedded import signals_ignored
 from app.core.errors import ConfigurationError
 from app.core.supervisor import api_child, supervise, worker_child
 from app.core.urls import redact_url
@@ -54,8 +55,11 @@ def run_services(
         _state_file(settings).write_text(json.dumps(state))
         return supervise(children)
     finally:
-        _state_file(settings).unlink(missing_ok=True)
-        endpoints.release()
+        # Ctrl-C reaches every process of the group, and `uv run` forwards one more: stopping
+        # the embedded servers must not be cut short by it (it left nats-server running).
+        with signals_ignored():
+            _state_file(settings).unlink(missing_ok=True)
+            endpoints.release()
 
 
 def print_services_status(console: Console) -> None:

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     embedding_max_retries: int = Field(default=5, ge=0, le=20)
     embedding_timeout_seconds: float = Field(default=30.0, gt=0)
     embedding_max_attempts: int = Field(default=3, ge=1, le=100)
+    # A worker's claim on the rows it embeds, renewed while it works; a dead worker's expires
+    # after this long and the rows are taken again.
+    embedding_lease_seconds: float = Field(default=30.0, ge=1)
+    # How long a task retries a database that went away (restart, failover) before it gives up.
+    db_retry_seconds: float = Field(default=300.0, ge=0)
     query_cache_size: int = Field(default=1024, ge=0)
 
     # Chat model for knowledge extraction; unset means the offline extractor.
@@ -58,6 +63,13 @@ class Settings(BaseSettings):
     sweeper_grace_seconds: float = Field(default=60.0, ge=0)
     worker_max_async_tasks: int = Field(default=4, ge=1, le=256)
     nats_ack_wait_seconds: float = Field(default=120.0, gt=0)
+    # A message that never completes (crashes or hangs its worker) is delivered this many times,
+    # then its rows are parked with the reason.
+    nats_max_deliver: int = Field(default=5, ge=1, le=1000)
+    # The stream is a work queue (acked tasks are removed); these bound what waits in it. A
+    # task dropped by a bound is not lost: its rows are still pending and the sweeper requeues them.
+    nats_stream_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    nats_stream_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
 
     # Search.
     hnsw_ef_search: int = Field(default=64, ge=1, le=1000)

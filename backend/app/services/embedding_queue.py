@@ -113,7 +113,7 @@ async def publish(
     published, failed = 0, []
     for start in range(0, len(ids), batch_size):
         batch = list(ids[start : start + batch_size])
-        # Marked before publishing: a worker claiming these rows must not find them locked.
+        # Marked before publishing, so the mark never lands after a worker embedded the rows.
         await mark_queued(engine, entity, batch)
         try:
             await enqueue(entity, batch)
@@ -145,9 +145,13 @@ async def sweep(
     max_rows: int = 100_000,
 ) -> dict[str, int]:
     """Publish rows that waited longer than the grace period and are not queued recently."""
+    # Queued long ago or never, or held by a lease that expired (its worker died), and not
+    # held by a live lease.
     waited = (
         "updated_at < now() - make_interval(secs => :grace) AND (embedding_queued_at IS NULL "
-        "OR embedding_queued_at < now() - make_interval(secs => :requeue))"
+        "OR embedding_queued_at < now() - make_interval(secs => :requeue) "
+        "OR embedding_claim_expires_at < now()) "
+        "AND (embedding_claimed_by IS NULL OR embedding_claim_expires_at < now())"
     )
     params: dict[str, object] = {"grace": grace_seconds, "requeue": requeue_after_seconds}
     counts: dict[str, int] = {}
@@ -167,3 +171,30 @@ async def sweep(
             total += published
         counts[entity.name] = total
     return counts
+
+
+async def park(
+    engine: AsyncEngine,
+    entity: Entity,
+    ids: Sequence[uuid.UUID],
+    reason: str,
+    *,
+    max_attempts: int,
+) -> int:
+    """Park the rows among `ids` still needing an embedding, with the reason; returns how many.
+
+    For failures no retry can fix (a provider that does not fit the column, a key that cannot
+    be decrypted, a task that never completes): the sweeper leaves parked rows alone, status
+    counts them with their reasons, and `backfill --retry-failed` takes them again.
+    """
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            text(
+                f"UPDATE {entity.table} SET embedding_error = :reason, "
+                "embedding_attempts = greatest(embedding_attempts, :max_attempts), "
+                "embedding_claimed_by = NULL, embedding_claim_expires_at = NULL, "
+                f"embedding_queued_at = NULL WHERE id = ANY(:ids) AND {NEEDS_TEXT}"
+            ),
+            {"ids": list(ids), "reason": reason[:1000], "max_attempts": max_attempts},
+        )
+    return int(result.rowcount)

@@ -76,6 +76,32 @@ async def coverage(
     return result
 
 
+@dataclass(frozen=True)
+class ParkedReason:
+    entity: str
+    reason: str
+    rows: int
+
+
+async def parked_reasons(
+    session: AsyncSession, *, max_attempts: int = 3, limit: int = 5
+) -> list[ParkedReason]:
+    """The most common reasons rows are parked, per entity (retried only on request)."""
+    found: list[ParkedReason] = []
+    for entity, table in ENTITY_TABLES.items():
+        rows = await session.execute(
+            text(
+                f"SELECT coalesce(embedding_error, 'unknown'), count(*) FROM {table} "
+                "WHERE embedding_attempts >= :max_attempts "
+                "AND embedding_content_hash IS DISTINCT FROM content_hash "
+                "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit"
+            ),
+            {"max_attempts": max_attempts, "limit": limit},
+        )
+        found.extend(ParkedReason(entity, str(reason), int(count)) for reason, count in rows)
+    return found
+
+
 async def index_states(session: AsyncSession) -> list[IndexState]:
     """Whether each expected HNSW index exists, is valid and ready, and has the right definition."""
     states = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from functools import partial
 
 from taskiq.receiver import Receiver
 
@@ -15,7 +16,7 @@ from app.services.embedding_queue import sweep
 from app.services.entities import ATOMS, MESSAGES
 from app.tasks import embedding_tasks, knowledge_tasks  # noqa: F401 - registers the tasks
 from app.tasks import runtime as runtime_module
-from app.tasks.broker import broker
+from app.tasks.broker import JetStreamBroker, broker
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ async def run_worker(settings: Settings, *, sweeper: bool = True) -> None:
     await preflight(settings)
     broker.is_worker_process = True
     await broker.startup()
+    if isinstance(broker, JetStreamBroker):
+        await broker.watch_exhausted(partial(embedding_tasks.park_exhausted, broker))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

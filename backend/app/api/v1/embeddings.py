@@ -23,7 +23,7 @@ from app.schemas.embeddings import (
     ProviderInfo,
 )
 from app.services import status_service
-from app.services.embedding_jobs import embed_rows
+from app.services.embedding_jobs import DbRetry, embed_rows
 from app.services.embedding_queue import PendingFilter, needing_embedding, pending_pages, publish
 from app.services.entities import ATOMS, MESSAGES, Entity
 from app.tasks.embedding_tasks import enqueuer
@@ -113,7 +113,13 @@ async def _embed_now(
         if found.first() is None:
             raise NotFoundError(f"{entity.name[:-1]} {row_id} not found")
     stats = await embed_rows(
-        state.engine, entity, [row_id], entry.service, model=entry.spec.model, max_attempts=10**6
+        state.engine,
+        entity,
+        [row_id],
+        entry.service,
+        model=entry.spec.model,
+        max_attempts=10**6,
+        retry=DbRetry(seconds=0),  # a request answers 503 at once rather than wait on Postgres
     )
     return EmbedNowResponse(id=row_id, **stats.as_dict())
 
