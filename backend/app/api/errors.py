@@ -107,7 +107,7 @@ def _database_response(exc: DBAPIError) -> JSONResponse:
     refused = _refused_by_database(cause)
     if refused is not None:
         return refused
-    logger.exception("database error")
+    logger.error("database error: %s", type(cause or exc.orig).__name__, exc_info=exc)
     return JSONResponse(_body("database error"), status_code=500)
 
 
