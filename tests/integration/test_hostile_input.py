@@ -651,3 +651,15 @@ async def test_a_constraint_violation_is_mapped_to_a_4xx_naming_the_field(api: A
         assert response.status_code == status, (sql, bytes(response.body))
         body = json.loads(bytes(response.body))
         assert body["detail"][0]["field"] == field, body
+
+
+async def test_extraction_that_cannot_be_queued_leaves_the_messages_pending(api: Api) -> None:
+    """No broker (never started here): the claims are given back, nothing waits as processing."""
+    created = await api.client.post("/api/v1/messages/batch", json={"messages": [MESSAGE] * 3})
+    assert created.status_code == 201, created.text
+    answer = await api.client.post("/api/v1/knowledge/extract", json={"all_pending": True})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"messages": 3, "tasks": 0, "status": "failed_to_queue"}
+    async with api.state.engine.connect() as conn:
+        states = (await conn.execute(text("SELECT extraction_status FROM messages"))).scalars()
+        assert sorted(states) == ["pending"] * 3

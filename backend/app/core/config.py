@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     sweeper_grace_seconds: float = Field(default=60.0, ge=0)
     worker_max_async_tasks: int = Field(default=4, ge=1, le=256)
     nats_ack_wait_seconds: float = Field(default=120.0, gt=0)
+    # A message queued for extraction whose task has neither finished nor failed after this
+    # long (lost, or crashed) is queued again by the next `all_pending` call.
+    extraction_requeue_seconds: float = Field(default=1800.0, ge=0)
 
     # Search.
     hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
