@@ -147,3 +147,42 @@ def test_the_stack_starts_and_answers_with_auth_on() -> None:
         assert whoami.stdout.strip() not in ("", "0"), whoami
     finally:
         run("down", "-v", "--remove-orphans", timeout=300)
+
+
+async def test_the_shipped_nats_conf_asks_for_the_password(tmp_path: Path) -> None:
+    """deploy/nats.conf on a real nats-server (ports and store moved by flags): the app's
+    NATS_URL with the password connects; without it or with another one, it does not."""
+    import nats
+
+    from app.core.embedded import free_port, nats_server_binary
+
+    port, monitor = free_port(), free_port()
+    argv = [nats_server_binary(), "-c", str(REPO / "deploy" / "nats.conf")]
+    argv += ["-p", str(port), "-m", str(monitor), "-sd", str(tmp_path)]
+    server = subprocess.Popen(
+        argv,
+        env={**os.environ, "NATS_PASSWORD": "right-pass"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{monitor}/healthz", timeout=2).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "nats did not start"
+            time.sleep(0.1)
+        client = await nats.connect(f"nats://tasktracker:right-pass@127.0.0.1:{port}")
+        await client.jetstream().account_info()  # JetStream is on
+        await client.close()
+        for url in (f"nats://127.0.0.1:{port}", f"nats://tasktracker:wrong@127.0.0.1:{port}"):
+            with pytest.raises(Exception):  # noqa: B017, PT011 - nats raises its own family
+                await nats.connect(
+                    url, max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=5
+                )
+    finally:
+        server.terminate()
+        server.wait(15)
