@@ -663,3 +663,24 @@ async def test_extraction_that_cannot_be_queued_leaves_the_messages_pending(api:
     async with api.state.engine.connect() as conn:
         states = (await conn.execute(text("SELECT extraction_status FROM messages"))).scalars()
         assert sorted(states) == ["pending"] * 3
+
+
+async def test_an_api_key_that_cannot_be_a_header_is_422(api: Api) -> None:
+    """Found by the stateful Schemathesis run: a non-ASCII key made /test answer 500."""
+    for key in ("sk-ключ-123", "sk-key\n123", " sk-key "):
+        created = await api.client.post(
+            "/api/v1/providers",
+            json={
+                "name": "k",
+                "type": "ollama",
+                "base_url": "http://127.0.0.1:9",
+                "api_key": key,
+                "embedding_model": "m",
+                "embedding_dimensions": 384,
+            },
+        )
+        refused(created, 422, "body.api_key", "printable ASCII")
+        assert key not in created.text
+    row = await provider(api)
+    patched = await api.client.patch(f"/api/v1/providers/{row['id']}", json={"api_key": "ключ"})
+    refused(patched, 422, "body.api_key")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 
 
 def _clean_text(value: str) -> str:
@@ -66,3 +66,16 @@ T = TypeVar("T")
 # A PATCH field over a required column: it may be left out (None then means "not given", and
 # routes read `model_dump(exclude_unset=True)`), but an explicit null is refused, naming it.
 Omittable = Annotated[T | None, BeforeValidator(_not_null), Field(json_schema_extra=_without_null)]
+
+
+def _header_safe(value: SecretStr) -> SecretStr:
+    secret = value.get_secret_value()
+    if not (secret.isascii() and secret.isprintable()) or secret != secret.strip():
+        raise ValueError(
+            "must be printable ASCII without surrounding spaces (it is sent in a header)"
+        )
+    return value
+
+
+# An API key travels in an Authorization header, which carries ASCII only.
+HeaderSecret = Annotated[SecretStr, AfterValidator(_header_safe)]

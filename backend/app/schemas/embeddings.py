@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from app.core.enums import ProviderType
-from app.schemas.common import NoNul, Omittable
+from app.schemas.common import HeaderSecret, NoNul, Omittable
 
 
 class EnqueueRequest(BaseModel):
@@ -79,7 +79,7 @@ class ProviderCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     type: ProviderType
     base_url: HttpUrl | None = None
-    api_key: SecretStr | None = Field(
+    api_key: HeaderSecret | None = Field(
         default=None, max_length=500, description="Write-only; stored encrypted."
     )
     embedding_model: NoNul = Field(min_length=1, max_length=200)
@@ -95,7 +95,7 @@ class ProviderUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: HttpUrl | None = None
-    api_key: SecretStr | None = Field(default=None, max_length=500)
+    api_key: HeaderSecret | None = Field(default=None, max_length=500)
     chat_model: NoNul | None = Field(default=None, max_length=200)
     embedding_model: Omittable[NoNul] = Field(default=None, min_length=1, max_length=200)
     embedding_dimensions: Omittable[int] = Field(default=None, ge=1, le=16000)
