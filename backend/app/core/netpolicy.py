@@ -92,11 +92,9 @@ class NetworkPolicy:
             address in net for net in self.networks if net.version == address.version
         ):
             return None
-        return (
-            f"{shown} is a loopback or private address; allow it with "
-            f"{FIX}={address if host == str(address) else host} (for example "
-            f"{FIX}=127.0.0.1 for a local Ollama)"
-        )
+        entry = str(address) if host == str(address) else host
+        example = "" if entry == "127.0.0.1" else f" (or {FIX}=127.0.0.1 for a local Ollama)"
+        return f"{shown} is a loopback or private address; allow it with {FIX}={entry}{example}"
 
     def check_addresses(self, host: str, addresses: Iterable[Address]) -> None:
         """Raise HostRefused if any of the addresses may not be reached."""
