@@ -130,5 +130,5 @@ async def test_the_api_handler_logs_no_secret_or_content(
 
 def test_redact_masks_url_passwords_and_keeps_the_rest() -> None:
     said = redact("nats://tasktracker:s3cr3t-pass@nats:4222 and postgresql://postgres:pw@db/x")
-    assert said == "nats://tasktracker: ***@nats:4222 and postgresql://postgres: ***@db/x"
+    assert said == "nats://tasktracker:***@nats:4222 and postgresql://postgres:***@db/x"
     assert redact("SELECT 1 FROM messages") == "SELECT 1 FROM messages"

@@ -29,9 +29,9 @@ _DATA_PATTERNS = (
         r"|binascii\.Error|decimal\.InvalidOperation):).*$"
     ),
     re.compile(r"(?s)(\[parameters:).*?\](?=\s*(?:\(Background on this error|$))"),
-    # Credentials in a URL (DATABASE_URL, NATS_URL): the user stays, the password goes.
-    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)"),
 )
+# Credentials in a URL (DATABASE_URL, NATS_URL): the user stays, the password goes.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)")
 
 
 def redact(text: str) -> str:
@@ -40,7 +40,7 @@ def redact(text: str) -> str:
         text = pattern.sub(r"\1***", text)
     for pattern in _DATA_PATTERNS:
         text = pattern.sub(r"\1 ***", text)
-    return text
+    return _URL_PASSWORD.sub(r"\1***", text)
 
 
 class RedactSecrets(logging.Filter):
