@@ -25,6 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _TMP = Path(tempfile.mkdtemp(prefix="tasktracker-tests-"))
 # The app under test keeps its own files (secret key, embedded servers) out of the checkout.
 os.environ.setdefault("DATA_DIR", str(_TMP / "data"))
+# The stub servers listen on 127.0.0.1: providers stored through the API may reach them, as an
+# operator allows a local Ollama. Tests of the policy itself pass their own setting.
+os.environ.setdefault("PROVIDER_ALLOWED_HOSTS", "127.0.0.1")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -54,6 +54,9 @@ def create_engine(
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
         "pool_pre_ping": True,
+        # Statement parameters are messages' content, tokens' hashes, encrypted keys: an error
+        # (and its traceback) names the statement only.
+        "hide_parameters": True,
     }
     if kwargs.get("poolclass") is not None:
         for key in ("pool_size", "max_overflow", "pool_timeout"):

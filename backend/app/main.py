@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.auth import is_loopback
+from app.api.auth import LoopbackHostOnly, is_loopback
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.v1.router import api_router
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if not settings.auth_enabled:
+        app.add_middleware(LoopbackHostOnly)  # outermost: refused before anything else runs
     app.include_router(
         api_router, prefix="/api/v1", responses=error_responses(404, 409, 413, 422, 502, 503)
     )

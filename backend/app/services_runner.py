@@ -87,7 +87,7 @@ def _postgres_status(settings: Settings) -> tuple[str, str]:
 
 def _nats_status(settings: Settings) -> tuple[str, str]:
     if settings.nats_url:
-        return settings.nats_url, "external"
+        return redact_url(settings.nats_url), "external"
     state = settings.nats_dir / "server.json"
     if not state.exists():
         return f"embedded, {settings.nats_dir}", "no"

@@ -256,14 +256,47 @@ async def test_auth_off_serves_loopback_only(
             create_app(settings, host=host)
     loopback = settings.model_copy(update={"api_host": "127.0.0.1"})
     for base_url, expected in (("http://127.0.0.1", 200), ("http://10.0.0.5", 401)):
-        # The address a request arrived on: a server bound some other way still asks for tokens.
+        # The address a request arrived on: a server bound some other way still asks for tokens
+        # (the Host header is a loopback name, so only the address decides).
         opened = await open_api(loopback, base_url)
         try:
-            response = await opened.call("GET", "/api/v1/messages")
+            response = await opened.client.get("/api/v1/messages", headers={"Host": "localhost"})
             assert response.status_code == expected, response.text
         finally:
             await opened.client.aclose()
             await opened.state.close()
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "10.0.0.5", ""]
+)
+async def test_auth_off_refuses_other_host_headers(
+    make_db: Callable[[], str], stub: OpenAIStub, nats_url: str, host: str
+) -> None:
+    """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1 is refused."""
+    settings = settings_for(make_db(), stub, nats_url, auth_enabled=False, api_host="127.0.0.1")
+    opened = await open_api(settings, "http://127.0.0.1")
+    try:
+        for path in ("/api/v1/messages", "/api/v1/providers", "/docs", "/api/v1/health/live"):
+            response = await opened.client.get(path, headers={"Host": host})
+            assert response.status_code == 400, (path, response.text)
+            assert response.json()["detail"][0]["field"] == "Host"
+            assert "localhost, 127.0.0.1 and [::1]" in response.json()["error"]
+        for allowed in ("localhost", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):
+            response = await opened.client.get("/api/v1/messages", headers={"Host": allowed})
+            assert response.status_code == 200, (allowed, response.text)
+    finally:
+        await opened.client.aclose()
+        await opened.state.close()
+
+
+async def test_auth_on_accepts_any_host_header(api: Api) -> None:
+    """With tokens the Host header is not the guard: a proxy may use any name."""
+    token = await api.token(TokenScope.search)
+    response = await api.client.get(
+        "/api/v1/messages", headers={"Host": "evil.example", "Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_uvicorn_refuses_a_public_host_when_auth_is_off(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from app.core.enums import ProviderType
 from app.core.errors import DimensionMismatchError, EmbeddingProviderError, ValidationError
+from app.core.netpolicy import NetworkPolicy
 from app.services.embedding_service import EmbeddingService
 from app.services.embeddings import ProviderSpec, build_provider
 from tests.stubs.ollama_stub import OllamaStub
@@ -20,6 +21,8 @@ from tests.stubs.openai_stub import OpenAIStub
 
 DIMS = 64
 KEY = "sk-test-0123456789abcdef"
+# The stubs listen on 127.0.0.1, which a provider may reach only when it is listed.
+STUBS = NetworkPolicy.parse(["127.0.0.1"])
 KINDS = ["openai", "ollama"]
 
 
@@ -39,7 +42,14 @@ def service(
 ) -> EmbeddingService:
     base = stub.base_url if kind == "openai" else stub.ollama_url
     spec = ProviderSpec(
-        ProviderType(kind), f"stub-{kind}", "text-embedding-3-small", DIMS, base, key, timeout
+        ProviderType(kind),
+        f"stub-{kind}",
+        "text-embedding-3-small",
+        DIMS,
+        base,
+        key,
+        timeout,
+        network=STUBS,
     )
     options: dict[str, object] = {"base_delay": 0.01, "max_delay": 0.05}
     options.update(kwargs)
@@ -214,7 +224,12 @@ async def test_concurrency_is_bounded(stub: OpenAIStub) -> None:
 async def test_ollama_batch_endpoint_with_any_base_url(suffix: str) -> None:
     with OllamaStub(dims=DIMS) as stub:
         spec = ProviderSpec(
-            ProviderType.ollama, "stub-ollama", "nomic-embed-text", DIMS, stub.base_url + suffix
+            ProviderType.ollama,
+            "stub-ollama",
+            "nomic-embed-text",
+            DIMS,
+            stub.base_url + suffix,
+            network=STUBS,
         )
         svc = EmbeddingService(build_provider(spec))
         outcomes = await svc.embed_documents(["a", "b", "c"])
@@ -245,7 +260,13 @@ async def test_a_stub_process_is_driven_over_http() -> None:
             control = {"script": [{"status": 503}], "latency_ms": 5, "api_key": KEY}
             (await client.post("/_stub/control", json=control)).raise_for_status()
             spec = ProviderSpec(
-                ProviderType.openai, "proc", "text-embedding-3-small", 32, base_url, KEY
+                ProviderType.openai,
+                "proc",
+                "text-embedding-3-small",
+                32,
+                base_url,
+                KEY,
+                network=STUBS,
             )
             svc = EmbeddingService(build_provider(spec), base_delay=0.01)
             outcomes = await svc.embed_documents(["one", "two"])

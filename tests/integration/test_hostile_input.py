@@ -5,6 +5,7 @@ limits themselves: body size (413), per-token rate limits (429) and the pool tim
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -512,3 +513,174 @@ async def test_a_pool_timeout_is_503_not_a_hang(settings_for: Callable[..., Sett
         assert response.headers["Retry-After"] == "1"
         assert 0.4 < took < 2.0, took
         assert (await api.client.get("/api/v1/messages", headers=headers)).status_code == 200
+
+
+EXTREME_MOMENTS = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+
+
+@pytest.mark.parametrize("moment", EXTREME_MOMENTS)
+async def test_datetimes_past_the_ends_of_time_are_422(api: Api, moment: str) -> None:
+    """An offset that pushes a moment past year 1 or 9999 in UTC cannot be stored: 422."""
+    created = await api.client.post("/api/v1/messages", json={**MESSAGE, "sent_at": moment})
+    refused(created, 422, "body.sent_at", "between 0001-01-01")
+    batch = {"messages": [MESSAGE, {**MESSAGE, "sent_at": moment}]}
+    refused(await api.client.post("/api/v1/messages/batch", json=batch), 422, "sent_at")
+    assert await api.rows() == 0
+    for field in ("sent_after", "sent_before"):
+        search = await api.client.post(
+            "/api/v1/semantic_search/messages", json={"query": "deploy", field: moment}
+        )
+        refused(search, 422, f"body.{field}", "between 0001-01-01")
+    # The ends themselves, in UTC, are fine.
+    for fine in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2024-05-01T10:00:00"):
+        stored = await api.client.post("/api/v1/messages", json={**MESSAGE, "sent_at": fine})
+        assert stored.status_code == 201, stored.text
+
+
+async def provider(api: Api, name: str = "p", **extra: Any) -> dict[str, Any]:
+    body = {
+        "name": name,
+        "type": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "embedding_model": "text-embedding-3-small",
+        "embedding_dimensions": 384,
+        **extra,
+    }
+    created = await api.client.post("/api/v1/providers", json=body)
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+@pytest.mark.parametrize(
+    "field", ["embedding_model", "embedding_dimensions", "is_active", "is_default"]
+)
+async def test_null_for_a_required_provider_field_is_422(api: Api, field: str) -> None:
+    row = await provider(api)
+    patched = await api.client.patch(f"/api/v1/providers/{row['id']}", json={field: None})
+    refused(patched, 422, f"body.{field}", "may not be null")
+    listed = (await api.client.get("/api/v1/providers")).json()
+    assert listed[0][field] == row[field]  # unchanged
+    # Nullable fields may still be cleared.
+    cleared = await api.client.patch(f"/api/v1/providers/{row['id']}", json={"chat_model": None})
+    assert cleared.status_code == 200, cleared.text
+
+
+@pytest.mark.parametrize("field", ["author", "channel", "content", "extraction_status"])
+async def test_null_for_a_required_message_field_is_422_not_ignored(api: Api, field: str) -> None:
+    created = await api.client.post("/api/v1/messages", json=MESSAGE)
+    message_id = created.json()["ids"][0]
+    patched = await api.client.patch(f"/api/v1/messages/{message_id}", json={field: None})
+    refused(patched, 422, f"body.{field}", "may not be null")
+
+
+async def test_concurrent_defaults_leave_exactly_one(api: Api) -> None:
+    """Two providers made default at once: both answered (no 500), one default remains."""
+    rows = [await provider(api, f"p{i}") for i in range(4)]
+    for _ in range(3):
+        answers = await asyncio.gather(
+            *(
+                api.client.patch(f"/api/v1/providers/{row['id']}", json={"is_default": True})
+                for row in rows
+            )
+        )
+        assert [a.status_code for a in answers] == [200] * len(rows), [a.text for a in answers]
+        listed = (await api.client.get("/api/v1/providers")).json()
+        assert sum(p["is_default"] for p in listed) == 1, listed
+    created = await asyncio.gather(
+        *(
+            api.client.post(
+                "/api/v1/providers",
+                json={
+                    "name": f"new{i}",
+                    "type": "local",
+                    "embedding_model": "multilingual-e5-small-q4",
+                    "embedding_dimensions": 384,
+                    "is_default": True,
+                },
+            )
+            for i in range(4)
+        )
+    )
+    assert [c.status_code for c in created] == [201] * 4, [c.text for c in created]
+    listed = (await api.client.get("/api/v1/providers")).json()
+    assert sum(p["is_default"] for p in listed) == 1, listed
+
+
+async def test_concurrent_providers_of_one_name_conflict_with_409(api: Api) -> None:
+    """The unique name, raced: one 201, the rest 409 naming the field, never a 500."""
+    body = {"name": "same", "type": "local", "embedding_model": "m", "embedding_dimensions": 384}
+    answers = await asyncio.gather(
+        *(api.client.post("/api/v1/providers", json=body) for _ in range(6))
+    )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201] + [409] * 5, [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            refused(answer, 409, "name")
+
+
+async def test_a_constraint_violation_is_mapped_to_a_4xx_naming_the_field(api: Api) -> None:
+    """The handler's own mapping, on errors Postgres really raises (no route produces them now)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.api.errors import _database_response
+
+    async def error_of(sql: str) -> DBAPIError:
+        async with api.state.engine.connect() as conn:
+            try:
+                await conn.execute(text(sql))
+            except DBAPIError as exc:
+                return exc
+        raise AssertionError(f"no error from {sql}")
+
+    seed = "INSERT INTO llm_providers (id, name, type, embedding_model, embedding_dimensions"
+    values = "VALUES (gen_random_uuid(), 'x', 'local', 'm', 384"
+    cases = [
+        (
+            f"{seed}, is_default) {values}, true), (gen_random_uuid(), 'y', 'local', 'm', 384, true)",
+            409,
+            "is_default",
+        ),
+        (f"{seed}) {values}), (gen_random_uuid(), 'x', 'local', 'm', 384)", 409, "name"),
+        (f"{seed}) VALUES (gen_random_uuid(), 'z', 'bogus', 'm', 384)", 422, "type"),
+        (f"{seed}) VALUES (gen_random_uuid(), 'z', 'local', NULL, 384)", 422, "embedding_model"),
+        ("SELECT '10000-01-01'::timestamptz + interval '300000 years'", 422, "body"),
+    ]
+    for sql, status, field in cases:
+        response = _database_response(await error_of(sql))
+        assert response.status_code == status, (sql, bytes(response.body))
+        body = json.loads(bytes(response.body))
+        assert body["detail"][0]["field"] == field, body
+
+
+async def test_extraction_that_cannot_be_queued_leaves_the_messages_pending(api: Api) -> None:
+    """No broker (never started here): the claims are given back, nothing waits as processing."""
+    created = await api.client.post("/api/v1/messages/batch", json={"messages": [MESSAGE] * 3})
+    assert created.status_code == 201, created.text
+    answer = await api.client.post("/api/v1/knowledge/extract", json={"all_pending": True})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"messages": 3, "tasks": 0, "status": "failed_to_queue"}
+    async with api.state.engine.connect() as conn:
+        states = (await conn.execute(text("SELECT extraction_status FROM messages"))).scalars()
+        assert sorted(states) == ["pending"] * 3
+
+
+async def test_an_api_key_that_cannot_be_a_header_is_422(api: Api) -> None:
+    """Found by the stateful Schemathesis run: a non-ASCII key made /test answer 500."""
+    for key in ("sk-ключ-123", "sk-key\n123", " sk-key "):
+        created = await api.client.post(
+            "/api/v1/providers",
+            json={
+                "name": "k",
+                "type": "ollama",
+                "base_url": "http://127.0.0.1:9",
+                "api_key": key,
+                "embedding_model": "m",
+                "embedding_dimensions": 384,
+            },
+        )
+        refused(created, 422, "body.api_key", "printable ASCII")
+        assert key not in created.text
+    row = await provider(api)
+    patched = await api.client.patch(f"/api/v1/providers/{row['id']}", json={"api_key": "ключ"})
+    refused(patched, 422, "body.api_key")

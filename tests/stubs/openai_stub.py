@@ -15,7 +15,9 @@
 
 Scripted steps apply to the next requests, one each: an int status (429 comes with
 Retry-After: 1), {"status": s, "retry_after": seconds}, {"hang": seconds} (sleep, then answer:
-a client with a shorter timeout gives up), {"dims": n} (answer with n-dimensional vectors).
+a client with a shorter timeout gives up), {"dims": n} (answer with n-dimensional vectors),
+{"status": s, "message": text} (that status, with `text` as the error body's message).
+`stub.authorizations` lists the Authorization header of every request, in order.
 Over HTTP: POST /_stub/control with any of {"script": [...], "latency_ms", "jitter_ms",
 "rate_429", "reject_substring", "api_key", "clear_script": true, "reset": true, "outage"};
 GET /_stub/stats (GET /_stub/stats?brief=1 leaves out text_counts, cheap to poll). Every
@@ -94,6 +96,7 @@ class OpenAIStub:
     def reset(self) -> None:
         with self._lock:
             self.requests = 0
+            self.authorizations: list[str | None] = []  # the Authorization header of each request
             self.inputs = 0
             self.text_counts: Counter[str] = Counter()
             self.max_batch = 0
@@ -171,6 +174,7 @@ class OpenAIStub:
     async def _pre(self, request: Request, inputs: list[str]) -> tuple[Response | None, int]:
         with self._lock:
             self.requests += 1
+            self.authorizations.append(request.headers.get("authorization"))
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided"), self.dims
         with self._lock:
@@ -185,7 +189,8 @@ class OpenAIStub:
             retry_after = None if isinstance(step, int) else step.get("retry_after")
             if status == 429 and retry_after is None:
                 retry_after = 1
-            return _error(status, "scripted failure", retry_after), dims
+            message = "scripted failure" if isinstance(step, int) else step.get("message")
+            return _error(status, message or "scripted failure", retry_after), dims
         refused = await self._outage_answer()
         if refused is not None:
             return refused, dims

@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import StateDep
 from app.models.api_token import TokenScope
@@ -98,3 +100,42 @@ def require(scope: TokenScope) -> Callable[..., Awaitable[TokenScope]]:
 SearchAccess = Depends(require(TokenScope.search))
 WriteAccess = Depends(require(TokenScope.write))
 AdminAccess = Depends(require(TokenScope.admin))
+
+
+# With auth off, the names a request may address the API by. Any other Host header means a
+# page in the developer's browser reached the loopback port through a name it controls (DNS
+# rebinding), and would otherwise act with admin rights.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header, without its port: "[::1]:8000" -> "[::1]"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.split(":", 1)[0].rstrip(".")
+
+
+class LoopbackHostOnly:
+    """ASGI middleware for AUTH_ENABLED=false: 400 unless Host is localhost, 127.0.0.1 or [::1]."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        host = host_name(headers.get(b"host", b"").decode("latin-1"))
+        if host in LOOPBACK_HOSTS:
+            await self.app(scope, receive, send)
+            return
+        error = (
+            "Host header not allowed: with AUTH_ENABLED=false the API answers only to "
+            "localhost, 127.0.0.1 and [::1]"
+        )
+        detail = [{"field": "Host", "message": error}]
+        await JSONResponse({"error": error, "detail": detail}, status_code=400)(
+            scope, receive, send
+        )

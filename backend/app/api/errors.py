@@ -78,22 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
-        cause = getattr(exc.orig, "__cause__", None)
-        if isinstance(
-            cause, asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
-        ):
-            return JSONResponse(
-                _body("text contains characters PostgreSQL cannot store (such as NUL)"),
-                status_code=422,
-            )
-        if (
-            exc.connection_invalidated
-            or isinstance(exc.orig, DATABASE_UNAVAILABLE)
-            or isinstance(cause, DATABASE_UNAVAILABLE)
-        ):
-            return _unavailable()
-        logger.exception("database error")
-        return JSONResponse(_body("database error"), status_code=500)
+        return _database_response(exc)
 
     @app.exception_handler(OSError)
     async def unreachable(_request: Request, exc: OSError) -> JSONResponse:
@@ -103,6 +88,29 @@ def install_error_handlers(app: FastAPI) -> None:
         return _unavailable()
 
 
+def _database_response(exc: DBAPIError) -> JSONResponse:
+    """NUL and integrity or data errors are the request's (4xx); a lost server is 503."""
+    cause = getattr(exc.orig, "__cause__", None)
+    if isinstance(
+        cause, asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
+    ):
+        return JSONResponse(
+            _body("text contains characters PostgreSQL cannot store (such as NUL)"),
+            status_code=422,
+        )
+    if (
+        exc.connection_invalidated
+        or isinstance(exc.orig, DATABASE_UNAVAILABLE)
+        or isinstance(cause, DATABASE_UNAVAILABLE)
+    ):
+        return _unavailable()
+    refused = _refused_by_database(cause)
+    if refused is not None:
+        return refused
+    logger.error("database error: %s", type(cause or exc.orig).__name__, exc_info=exc)
+    return JSONResponse(_body("database error"), status_code=500)
+
+
 # The database went away or is restarting: the client should retry, not report a bug.
 DATABASE_UNAVAILABLE = (
     OSError,
@@ -110,6 +118,54 @@ DATABASE_UNAVAILABLE = (
     asyncpg.PostgresConnectionError,  # class 08: connection lost or refused
     asyncpg.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now, crash
 )
+
+
+# Constraints whose name does not say the field plainly.
+CONSTRAINT_FIELDS = {
+    "uq_llm_providers_default": "is_default",
+    "uq_llm_providers_name": "name",
+    "uq_messages_external_id": "external_id",
+}
+
+
+def _field_of(error: asyncpg.PostgresError) -> str:
+    """The field a constraint or data error is about, from what Postgres reports."""
+    column = getattr(error, "column_name", None)
+    if column:
+        return str(column)
+    constraint = str(getattr(error, "constraint_name", None) or "")
+    if constraint in CONSTRAINT_FIELDS:
+        return CONSTRAINT_FIELDS[constraint]
+    table = str(getattr(error, "table_name", None) or "")
+    for prefix in ("ck_", "uq_", "fk_", "ix_"):
+        constraint = constraint.removeprefix(prefix)
+    return constraint.removeprefix(f"{table}_") or "body"
+
+
+def _refused_by_database(cause: object) -> JSONResponse | None:
+    """An integrity or data error is the request's fault: 409 for a conflict, else 422.
+
+    Only the field is named: Postgres' own message and detail may quote the values (a message's
+    content, say), which belong neither in a response nor in a log line.
+    """
+    if isinstance(cause, asyncpg.UniqueViolationError | asyncpg.ExclusionViolationError):
+        field = _field_of(cause)
+        return _refusal(409, f"conflict: another row has the same {field}", field)
+    if isinstance(cause, asyncpg.ForeignKeyViolationError):
+        field = _field_of(cause)
+        return _refusal(409, f"conflict: {field} refers to a row that does not exist", field)
+    if isinstance(cause, asyncpg.IntegrityConstraintViolationError):  # not null, check
+        field = _field_of(cause)
+        return _refusal(422, f"invalid request: {field} is missing or not allowed", field)
+    if isinstance(cause, asyncpg.DataError):  # out of range, bad format (class 22)
+        field = _field_of(cause)
+        return _refusal(422, f"invalid request: a value of {field} cannot be stored", field)
+    return None
+
+
+def _refusal(status: int, error: str, field: str) -> JSONResponse:
+    logger.info("refused by the database: %s (%s)", error, status)
+    return JSONResponse(_body(error, [{"field": field, "message": error}]), status_code=status)
 
 
 def _unavailable() -> JSONResponse:

@@ -233,7 +233,7 @@ async def _bare_recall(
     await conn.execute(f"SET hnsw.ef_search = {int(ef)}")
     vectors = [Vector(q) for q in data.queries]
     await base.timed(conn, sql, vectors)  # warm the index pages, untimed
-    plan = await conn.fetchval(f"EXPLAIN {sql}", vectors[0])
+    plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}", vectors[0]))
     latencies: list[list[float]] = []
     found: list[list[int]] = []
     for _ in range(rounds):

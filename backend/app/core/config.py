@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.netpolicy import NetworkPolicy
+
 ProviderType = Literal["openai", "ollama", "local"]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -50,6 +52,11 @@ class Settings(BaseSettings):
     chat_base_url: str | None = None
     chat_api_key: SecretStr | None = None
 
+    # Where providers stored through the API may connect (app.core.netpolicy): comma-separated
+    # IP addresses, networks (10.0.0.0/8) or host names that may be loopback or private.
+    # Link-local and cloud metadata addresses are refused whatever this says.
+    provider_allowed_hosts: str = ""
+
     # Secrets at rest: a Fernet key. Unset: one is generated under data_dir/secret.key.
     secret_key: SecretStr | None = None
 
@@ -70,6 +77,9 @@ class Settings(BaseSettings):
     # task dropped by a bound is not lost: its rows are still pending and the sweeper requeues them.
     nats_stream_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     nats_stream_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    # A message queued for extraction whose task has neither finished nor failed after this
+    # long (lost, or crashed) is queued again by the next `all_pending` call.
+    extraction_requeue_seconds: float = Field(default=1800.0, ge=0)
 
     # Search.
     hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
@@ -107,6 +117,10 @@ class Settings(BaseSettings):
     rate_limit_extract_per_minute: int = Field(default=30, ge=0)
 
     log_level: str = "INFO"
+
+    def provider_network(self) -> NetworkPolicy:
+        """The network policy for providers, from PROVIDER_ALLOWED_HOSTS."""
+        return NetworkPolicy.parse(self.provider_allowed_hosts.split(","))
 
     @property
     def postgres_dir(self) -> Path:

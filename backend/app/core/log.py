@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import IO
 
 _SECRET_PATTERNS = (
     re.compile(r"(?i)(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
@@ -14,15 +15,58 @@ _SECRET_PATTERNS = (
 )
 
 
+# What a database error carries about the data: Postgres' DETAIL ("Failing row contains (...)",
+# "Key (name)=(...)"), the value it could not parse, asyncpg's view of a bad argument, and
+# SQLAlchemy's statement parameters. The statement and the error's kind stay readable.
+_DATA_PATTERNS = (
+    re.compile(r"(?m)^(\s*DETAIL:).*$"),
+    re.compile(r"(?m)(invalid input (?:syntax|value) for [^:\n]{1,80}:).*$"),
+    re.compile(r"(?m)(invalid input for query argument \$\d+:).*$"),
+    # Python's conversion errors quote the value they could not convert (asyncpg chains them:
+    # "ValueError: invalid UUID '<the text>'"); in a traceback their message goes too.
+    re.compile(
+        r"(?m)^((?:ValueError|TypeError|OverflowError|UnicodeEncodeError|UnicodeDecodeError"
+        r"|binascii\.Error|decimal\.InvalidOperation):).*$"
+    ),
+    re.compile(r"(?s)(\[parameters:).*?\](?=\s*(?:\(Background on this error|$))"),
+)
+# Credentials in a URL (DATABASE_URL, NATS_URL): the user stays, the password goes.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)")
+
+
+def redact(text: str) -> str:
+    """`text` with tokens, keys, URL passwords and the data quoted by database errors masked."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    for pattern in _DATA_PATTERNS:
+        text = pattern.sub(r"\1 ***", text)
+    return _URL_PASSWORD.sub(r"\1***", text)
+
+
 class RedactSecrets(logging.Filter):
-    """Masks bearer tokens and key-looking strings in every record, as a last line of defence."""
+    """Masks secrets and data in every record, its traceback included, as a last line of
+    defence: the traceback is formatted here, redacted, and kept as the record's exc_text."""
+
+    _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        for pattern in _SECRET_PATTERNS:
-            message = pattern.sub(r"\1***", message)
-        record.msg, record.args = message, None
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and record.exc_info[0] is not None:
+            # exc_info stays for handlers that want the exception; formatters print exc_text.
+            record.exc_text = redact(self._formatter.formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
+
+
+def redacting_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """The processes' log handler: one line per record, secrets and data redacted."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets())
+    return handler
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -30,10 +74,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(isinstance(f, RedactSecrets) for h in root.handlers for f in h.filters):
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets())
-    root.handlers = [handler]
+    root.handlers = [redacting_handler()]
     root.setLevel(level)
     for noisy in (
         "httpx",

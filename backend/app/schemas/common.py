@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 
 
 def _clean_text(value: str) -> str:
@@ -26,3 +27,55 @@ def _no_nul(value: str) -> str:
 
 # Postgres cannot store NUL in text: such input is the client's error, not ours.
 NoNul = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _bounded_datetime(value: datetime) -> datetime:
+    # Python's datetime ends at years 1 and 9999: an offset that crosses either end cannot be
+    # turned into UTC (asyncpg's first step), so such a value is the client's error, not ours.
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return aware.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in UTC"
+        ) from None
+
+
+# A moment that PostgreSQL and Python can both hold; without an offset it is taken as UTC.
+BoundedDatetime = Annotated[
+    datetime,
+    AfterValidator(_bounded_datetime),
+    Field(description="ISO 8601; between years 1 and 9999 in UTC; no offset means UTC."),
+]
+
+
+def _not_null(value: object) -> object:
+    if value is None:
+        raise ValueError("may not be null: leave the field out to keep its value")
+    return value
+
+
+def _without_null(schema: dict[str, Any]) -> None:
+    options = [option for option in schema.get("anyOf", []) if option.get("type") != "null"]
+    if "anyOf" in schema and len(options) == 1:
+        del schema["anyOf"]
+        schema.update(options[0])
+
+
+T = TypeVar("T")
+# A PATCH field over a required column: it may be left out (None then means "not given", and
+# routes read `model_dump(exclude_unset=True)`), but an explicit null is refused, naming it.
+Omittable = Annotated[T | None, BeforeValidator(_not_null), Field(json_schema_extra=_without_null)]
+
+
+def _header_safe(value: SecretStr) -> SecretStr:
+    secret = value.get_secret_value()
+    if not (secret.isascii() and secret.isprintable()) or secret != secret.strip():
+        raise ValueError(
+            "must be printable ASCII without surrounding spaces (it is sent in a header)"
+        )
+    return value
+
+
+# An API key travels in an Authorization header, which carries ASCII only.
+HeaderSecret = Annotated[SecretStr, AfterValidator(_header_safe)]

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from app.core.enums import ProviderType
-from app.schemas.common import NoNul
+from app.schemas.common import HeaderSecret, NoNul, Omittable
 
 
 class EnqueueRequest(BaseModel):
@@ -79,7 +79,7 @@ class ProviderCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     type: ProviderType
     base_url: HttpUrl | None = None
-    api_key: SecretStr | None = Field(
+    api_key: HeaderSecret | None = Field(
         default=None, max_length=500, description="Write-only; stored encrypted."
     )
     embedding_model: NoNul = Field(min_length=1, max_length=200)
@@ -89,15 +89,18 @@ class ProviderCreate(BaseModel):
 
 
 class ProviderUpdate(BaseModel):
+    """Only the fields given change. base_url, api_key and chat_model may be null (cleared);
+    the others are required columns and may not. A new host without a new key drops the key."""
+
     model_config = ConfigDict(extra="forbid")
 
     base_url: HttpUrl | None = None
-    api_key: SecretStr | None = Field(default=None, max_length=500)
-    embedding_model: NoNul | None = Field(default=None, min_length=1, max_length=200)
-    embedding_dimensions: int | None = Field(default=None, ge=1, le=16000)
+    api_key: HeaderSecret | None = Field(default=None, max_length=500)
     chat_model: NoNul | None = Field(default=None, max_length=200)
-    is_active: bool | None = None
-    is_default: bool | None = None
+    embedding_model: Omittable[NoNul] = Field(default=None, min_length=1, max_length=200)
+    embedding_dimensions: Omittable[int] = Field(default=None, ge=1, le=16000)
+    is_active: Omittable[bool] = None
+    is_default: Omittable[bool] = None
 
 
 class ProviderOut(BaseModel):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CleanText, NoNul
+from app.schemas.common import BoundedDatetime, CleanText, NoNul, Omittable
 
 
 class MessageIn(BaseModel):
@@ -29,7 +29,7 @@ class MessageIn(BaseModel):
     author: CleanText = Field(min_length=1, max_length=200)
     channel: CleanText = Field(min_length=1, max_length=100)
     content: CleanText = Field(min_length=1, max_length=20_000)
-    sent_at: datetime | None = None
+    sent_at: BoundedDatetime | None = None
 
 
 class MessageBatchIn(BaseModel):
@@ -39,12 +39,14 @@ class MessageBatchIn(BaseModel):
 
 
 class MessageUpdate(BaseModel):
+    """Only the fields given change; none of them may be null (the columns are required)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    author: CleanText | None = Field(default=None, min_length=1, max_length=200)
-    channel: CleanText | None = Field(default=None, min_length=1, max_length=100)
-    content: CleanText | None = Field(default=None, min_length=1, max_length=20_000)
-    extraction_status: Literal["pending", "processing", "done", "failed"] | None = None
+    author: Omittable[CleanText] = Field(default=None, min_length=1, max_length=200)
+    channel: Omittable[CleanText] = Field(default=None, min_length=1, max_length=100)
+    content: Omittable[CleanText] = Field(default=None, min_length=1, max_length=20_000)
+    extraction_status: Omittable[Literal["pending", "processing", "done", "failed"]] = None
 
 
 class MessageOut(BaseModel):

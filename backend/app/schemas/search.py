@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.enums import AtomType
-from app.schemas.common import CleanText, NoNul
+from app.schemas.common import BoundedDatetime, CleanText, NoNul
 
 
 class SearchRequest(BaseModel):
@@ -34,8 +33,8 @@ class SearchRequest(BaseModel):
 class MessageSearchRequest(SearchRequest):
     channel: NoNul | None = Field(default=None, max_length=100)
     author: NoNul | None = Field(default=None, max_length=200)
-    sent_after: datetime | None = None
-    sent_before: datetime | None = None
+    sent_after: BoundedDatetime | None = None
+    sent_before: BoundedDatetime | None = None
 
 
 class AtomSearchRequest(SearchRequest):

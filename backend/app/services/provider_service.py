@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col
 
 from app.core.config import Settings
@@ -15,6 +18,7 @@ from app.core.errors import ConflictError, DimensionMismatchError, NotFoundError
 from app.core.security import decrypt_secret, encrypt_secret
 from app.models.provider import LLMProvider
 from app.services.embeddings import ProviderSpec
+from app.services.embeddings.ollama_provider import DEFAULT_BASE_URL as OLLAMA_DEFAULT_URL
 
 DEFAULT_MODELS = {
     ProviderType.local: ("multilingual-e5-small-q4", 384),
@@ -23,11 +27,23 @@ DEFAULT_MODELS = {
 }
 
 
+# Held while a provider becomes the default, so two at once queue instead of both clearing the
+# other's flag and colliding on the unique index of is_default.
+DEFAULT_LOCK = "SELECT pg_advisory_xact_lock(hashtext('llm_providers.is_default'))"
+
+
 def spec_from_settings(settings: Settings) -> ProviderSpec:
-    """The provider the settings describe (the embedded default: the local model)."""
+    """The provider the settings describe (the embedded default: the local model).
+
+    Its base_url is the operator's own setting, so its host is allowed even when it is
+    loopback or private (the policy still refuses link-local and metadata addresses).
+    """
     kind = ProviderType(settings.embedding_provider)
     model, native_dims = DEFAULT_MODELS[kind]
     dims = native_dims if kind is ProviderType.local else settings.embedding_dimensions
+    base_url = settings.embedding_base_url
+    if kind is ProviderType.ollama and not base_url:
+        base_url = OLLAMA_DEFAULT_URL
     return ProviderSpec(
         type=kind,
         name=f"settings:{kind.value}",
@@ -38,6 +54,7 @@ def spec_from_settings(settings: Settings) -> ProviderSpec:
         if settings.embedding_api_key
         else None,
         timeout=settings.embedding_timeout_seconds,
+        network=settings.provider_network().allowing(base_url),
     )
 
 
@@ -51,6 +68,7 @@ def spec_from_row(row: LLMProvider, settings: Settings) -> ProviderSpec:
         base_url=row.base_url,
         api_key=decrypt_secret(row.api_key_encrypted) if row.api_key_encrypted else None,
         timeout=settings.embedding_timeout_seconds,
+        network=settings.provider_network(),
     )
 
 
@@ -94,6 +112,20 @@ async def check_fits_column(session: AsyncSession, spec: ProviderSpec) -> None:
         )
 
 
+def provider_url(kind: ProviderType, base_url: str | None) -> str | None:
+    """Where a provider of this kind sends requests (None: OpenAI's public API, or no network)."""
+    if kind is ProviderType.ollama:
+        return base_url or OLLAMA_DEFAULT_URL
+    return base_url if kind is ProviderType.openai else None
+
+
+async def check_destination(settings: Settings, kind: ProviderType, base_url: str | None) -> None:
+    """Refuse (422, naming base_url) a destination the network policy does not allow."""
+    url = provider_url(kind, base_url)
+    if url is not None:
+        await settings.provider_network().check_url(url)
+
+
 async def create_provider(
     session: AsyncSession,
     *,
@@ -111,6 +143,7 @@ async def create_provider(
     if exists.first() is not None:
         raise ConflictError(f"a provider named {name!r} already exists")
     if is_default:
+        await session.execute(text(DEFAULT_LOCK))
         await session.execute(update(LLMProvider).values(is_default=False))
     row = LLMProvider(
         name=name,
@@ -125,6 +158,52 @@ async def create_provider(
     session.add(row)
     await session.flush()
     return row
+
+
+async def update_provider(
+    session: AsyncSession, row: LLMProvider, changes: dict[str, Any]
+) -> LLMProvider:
+    """Apply a PATCH. A new host without a new key drops the stored key: the key was given for
+    the old host, and sending it anywhere else would let it be read out."""
+    if "api_key" in changes:
+        key = changes.pop("api_key")
+        row.api_key_encrypted = encrypt_secret(key) if key else None
+    elif "base_url" in changes and _origin(changes["base_url"]) != _origin(row.base_url):
+        row.api_key_encrypted = None
+    if "is_default" in changes:
+        await _set_default(session, row, bool(changes.pop("is_default")))
+    for name, value in changes.items():
+        setattr(row, name, value)
+    await session.flush()
+    return row
+
+
+async def _set_default(session: AsyncSession, row: LLMProvider, value: bool) -> None:
+    """Written by statement, not through the loaded row: under the lock, what another request
+    committed meanwhile is what the row really holds."""
+    if value:
+        await session.execute(text(DEFAULT_LOCK))
+        await session.execute(
+            update(LLMProvider)
+            .where(col(LLMProvider.id) != row.id, col(LLMProvider.is_default))
+            .values(is_default=False)
+        )
+    await session.execute(
+        update(LLMProvider)
+        .where(col(LLMProvider.id) == row.id)
+        .values(is_default=value)
+        .execution_options(synchronize_session=False)
+    )
+    set_committed_value(row, "is_default", value)
+
+
+def _origin(url: str | None) -> tuple[str, str, int | None] | None:
+    """Scheme, host and port: what decides where a request (and its key) goes."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
 def redacted(spec: ProviderSpec) -> ProviderSpec:

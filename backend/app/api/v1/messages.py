@@ -98,7 +98,7 @@ async def update_message(
 ) -> MessageOut:
     """Edit a message; a new content is re-embedded, other fields are not."""
     message, content_changed = await message_service.update_message(
-        session, message_id, body.model_dump(exclude_unset=True, exclude_none=True)
+        session, message_id, body.model_dump(exclude_unset=True)
     )
     await session.commit()
     if content_changed:

@@ -6,13 +6,12 @@ import time
 import uuid
 
 from fastapi import APIRouter, status
-from sqlalchemy import select, update
-from sqlmodel import col
+from sqlalchemy import select
 
 from app.api.auth import AUTH_RESPONSES, AdminAccess
 from app.api.deps import SessionDep, StateDep
-from app.core.errors import AppError, NotFoundError
-from app.core.security import encrypt_secret
+from app.core.enums import ProviderType
+from app.core.errors import AppError, DimensionMismatchError, EmbeddingProviderError, NotFoundError
 from app.models.provider import LLMProvider
 from app.schemas.embeddings import ProviderCreate, ProviderOut, ProviderTestOut, ProviderUpdate
 from app.services import provider_service
@@ -39,14 +38,18 @@ async def list_providers(session: SessionDep) -> list[ProviderOut]:
 async def create_provider(
     body: ProviderCreate, state: StateDep, session: SessionDep
 ) -> ProviderOut:
-    """Store a provider; its API key is encrypted at rest."""
+    """Store a provider; its API key is encrypted at rest. Its host must pass the network
+    policy: never link-local or metadata, loopback and private only if PROVIDER_ALLOWED_HOSTS
+    lists them."""
+    base_url = str(body.base_url) if body.base_url else None
+    await provider_service.check_destination(state.settings, body.type, base_url)
     row = await provider_service.create_provider(
         session,
         name=body.name,
         type=body.type,
         embedding_model=body.embedding_model,
         embedding_dimensions=body.embedding_dimensions,
-        base_url=str(body.base_url) if body.base_url else None,
+        base_url=base_url,
         api_key=body.api_key.get_secret_value() if body.api_key else None,
         chat_model=body.chat_model,
         is_default=body.is_default,
@@ -68,20 +71,18 @@ async def _get(session: SessionDep, provider_id: uuid.UUID) -> LLMProvider:
 async def update_provider(
     provider_id: uuid.UUID, body: ProviderUpdate, state: StateDep, session: SessionDep
 ) -> ProviderOut:
-    """Change a provider; a new key replaces the old one, encrypted."""
+    """Change a provider; a new key replaces the old one, encrypted. A new host without a new
+    key drops the stored key (has_api_key becomes false)."""
     row = await _get(session, provider_id)
     changes = body.model_dump(exclude_unset=True)
     if "api_key" in changes:
-        key = changes.pop("api_key")
-        row.api_key_encrypted = encrypt_secret(key.get_secret_value()) if key else None
+        key = changes["api_key"]
+        changes["api_key"] = key.get_secret_value() if key else None
     if "base_url" in changes:
         changes["base_url"] = str(changes["base_url"]) if changes["base_url"] else None
-    if changes.get("is_default"):
-        await session.execute(
-            update(LLMProvider).where(col(LLMProvider.id) != provider_id).values(is_default=False)
-        )
-    for key, value in changes.items():
-        setattr(row, key, value)
+        kind = ProviderType(row.type)
+        await provider_service.check_destination(state.settings, kind, changes["base_url"])
+    await provider_service.update_provider(session, row, changes)
     await session.commit()
     await state.registry.forget(provider_id)
     await state.registry.forget(None)
@@ -92,19 +93,47 @@ async def update_provider(
 async def test_provider(
     provider_id: uuid.UUID, state: StateDep, session: SessionDep
 ) -> ProviderTestOut:
-    """Embeds a probe text and reports latency and dimension, or the provider's error."""
+    """Embeds a probe text and reports latency and dimension, or a short fixed reason (never
+    what the remote server said: the probe must not become a way to read other servers)."""
     row = await _get(session, provider_id)
     service = state.registry.build(provider_service.spec_from_row(row, state.settings))
     started = time.perf_counter()
     try:
         outcome = (await service.embed_documents(["tasktracker provider probe"]))[0]
     except AppError as exc:
-        return ProviderTestOut(ok=False, latency_ms=None, dimensions=None, error=exc.message)
+        return ProviderTestOut(ok=False, latency_ms=None, dimensions=None, error=probe_reason(exc))
     finally:
         await service.aclose()
     latency = round((time.perf_counter() - started) * 1000, 1)
     if outcome.vector is None:
-        return ProviderTestOut(ok=False, latency_ms=latency, dimensions=None, error=outcome.error)
+        reason = "request refused: the provider rejected the probe text"
+        return ProviderTestOut(ok=False, latency_ms=latency, dimensions=None, error=reason)
     return ProviderTestOut(
         ok=True, latency_ms=latency, dimensions=int(outcome.vector.shape[0]), error=None
     )
+
+
+def probe_reason(exc: BaseException) -> str:
+    """A fixed reason for a failed probe: which kind of failure, never the remote body."""
+    if isinstance(exc, DimensionMismatchError):
+        return "the provider's vectors have another dimension than configured"
+    if not isinstance(exc, EmbeddingProviderError):
+        return "the probe failed"
+    if "refused by the network policy" in exc.message:
+        return "refused by the network policy (see PROVIDER_ALLOWED_HOSTS)"
+    if exc.status is None:
+        return "no answer: connection failed or timed out" if exc.retryable else "bad response"
+    return STATUS_REASONS.get(exc.status) or (
+        f"server error (HTTP {exc.status})"
+        if exc.status >= 500
+        else f"request refused (HTTP {exc.status})"
+    )
+
+
+STATUS_REASONS = {
+    400: "request refused (HTTP 400): check the model name",
+    401: "authentication failed (HTTP 401): check the API key",
+    403: "access denied (HTTP 403): check the API key",
+    404: "not found (HTTP 404): check the base_url and the model name",
+    429: "rate limited (HTTP 429)",
+}

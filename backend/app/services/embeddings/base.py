@@ -10,6 +10,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from app.core.enums import ProviderType
+from app.core.netpolicy import NetworkPolicy
 
 Kind = Literal["document", "query"]
 
@@ -28,6 +29,8 @@ class ProviderSpec:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 30.0
+    # Where its requests may go; the default allows public addresses only.
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 class EmbeddingProvider(Protocol):

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 
 from app.core.errors import DimensionMismatchError, EmbeddingProviderError
+from app.core.netpolicy import guarded_client, policy_refusal
 from app.services.embeddings.base import Kind, ProviderSpec, redact, retry_after_header
 from app.services.embeddings.errors import status_error
 
@@ -33,8 +34,8 @@ class OllamaProvider:
         self._key = spec.api_key
         # Ollama itself needs no key; one behind an authenticating proxy gets it as a bearer token.
         headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=ollama_base(spec.base_url), timeout=spec.timeout, headers=headers
+        self._client: httpx.AsyncClient = guarded_client(
+            spec.network, base_url=ollama_base(spec.base_url), timeout=spec.timeout, headers=headers
         )
 
     async def embed(self, texts: Sequence[str], *, kind: Kind) -> np.ndarray:  # noqa: ARG002
@@ -47,6 +48,9 @@ class OllamaProvider:
                 "request timed out", provider=self.name, retryable=True
             ) from None
         except httpx.TransportError as exc:
+            refused = policy_refusal(exc)
+            if refused is not None:
+                raise EmbeddingProviderError(refused, provider=self.name, retryable=False) from None
             raise EmbeddingProviderError(
                 f"connection failed: {type(exc).__name__}", provider=self.name, retryable=True
             ) from None

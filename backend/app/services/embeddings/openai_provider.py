@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import DimensionMismatchError, EmbeddingProviderError
+from app.core.netpolicy import guarded_client, policy_refusal
 from app.services.embeddings.base import Kind, ProviderSpec, redact, retry_after_header
 from app.services.embeddings.errors import status_error
 
@@ -36,6 +37,7 @@ class OpenAIProvider:
             base_url=spec.base_url,
             timeout=spec.timeout,
             max_retries=0,  # retries are EmbeddingService's, with backoff and Retry-After
+            http_client=guarded_client(spec.network, timeout=spec.timeout),
         )
         # Only the text-embedding-3 family can shorten its vectors on request.
         self._dimensions_arg = (
@@ -76,6 +78,9 @@ class OpenAIProvider:
         if isinstance(exc, openai.APITimeoutError):
             return EmbeddingProviderError("request timed out", provider=self.name, retryable=True)
         if isinstance(exc, openai.APIConnectionError):
+            refused = policy_refusal(exc)
+            if refused is not None:
+                return EmbeddingProviderError(refused, provider=self.name, retryable=False)
             cause = type(exc.__cause__ or exc).__name__
             return EmbeddingProviderError(
                 f"connection failed: {cause}", provider=self.name, retryable=True

@@ -57,6 +57,57 @@ async def load_messages(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list
     return list(rows.scalars())
 
 
+# Claims the messages a call queues: 'processing' until the task marks them done or failed, so
+# a repeated all_pending call does not queue them again. A claim older than `stale` seconds
+# (its task lost or crashed) counts as pending again: nothing stays stuck.
+CLAIM_PENDING = """
+WITH picked AS (
+    SELECT id FROM messages
+    WHERE extraction_status = 'pending'
+       OR (extraction_status = 'processing'
+           AND updated_at < now() - make_interval(secs => :stale))
+    ORDER BY sent_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET extraction_status = 'processing', updated_at = now()
+FROM picked WHERE m.id = picked.id
+RETURNING m.id, m.sent_at
+"""
+
+
+async def claim_pending(
+    session: AsyncSession, *, limit: int, stale_seconds: float
+) -> list[uuid.UUID]:
+    """Mark pending messages (and stale claims) 'processing' and return them, oldest first."""
+    rows = await session.execute(
+        text(CLAIM_PENDING), {"limit": limit, "stale": float(stale_seconds)}
+    )
+    return [row.id for row in sorted(rows, key=lambda row: (row.sent_at, row.id))]
+
+
+async def claim(session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    """Mark the given messages 'processing' (an explicit request re-extracts any status)."""
+    await session.execute(
+        text(
+            "UPDATE messages SET extraction_status = 'processing', updated_at = now() "
+            "WHERE id = ANY(:ids)"
+        ),
+        {"ids": list(ids)},
+    )
+
+
+async def release(session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    """Give back claims whose task could not be queued: pending again."""
+    await session.execute(
+        text(
+            "UPDATE messages SET extraction_status = 'pending' "
+            "WHERE id = ANY(:ids) AND extraction_status = 'processing'"
+        ),
+        {"ids": list(ids)},
+    )
+
+
 async def mark_failed(session: AsyncSession, ids: Sequence[uuid.UUID], error: str) -> None:
     """Record an extraction failure on the messages."""
     await session.execute(
