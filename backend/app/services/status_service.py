@@ -89,3 +89,42 @@ async def index_states(session: AsyncSession) -> list[IndexState]:
                 IndexState(index.name, index.table, True, valid, ready, bool(matches), definition)
             )
     return states
+
+
+@dataclass(frozen=True)
+class EntityProgress:
+    """What the console and /metrics add to coverage: models in use, recent rate, oldest wait."""
+
+    entity: str
+    embedded_by_model: dict[str, int]
+    embedded_last_minute: int
+    oldest_pending_seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded_last_minute / 60.0
+
+
+def _progress_sql(table: str) -> str:
+    # The pending rows are read through the partial index on exactly that predicate.
+    return f"""
+        SELECT (SELECT coalesce(json_object_agg(model, n), '{{}}')
+                FROM (SELECT coalesce(embedding_model, '?') AS model, count(*) AS n FROM {table}
+                      WHERE embedding IS NOT NULL GROUP BY 1) m),
+               (SELECT count(*) FROM {table} WHERE embedded_at > now() - interval '60 seconds'),
+               (SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) FROM {table}
+                WHERE embedding_content_hash IS DISTINCT FROM content_hash
+                  AND embedding_attempts < :max_attempts)
+    """
+
+
+async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[EntityProgress]:
+    """Per entity: embedded rows per model, rows embedded in the last minute, oldest pending."""
+    result = []
+    for entity, table in ENTITY_TABLES.items():
+        models, recent, oldest = (
+            await session.execute(text(_progress_sql(table)), {"max_attempts": max_attempts})
+        ).one()
+        counts = {str(k): int(v) for k, v in (models or {}).items()}
+        result.append(EntityProgress(entity, counts, int(recent), float(oldest)))
+    return result

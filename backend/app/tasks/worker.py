@@ -10,6 +10,9 @@ from taskiq.receiver import Receiver
 
 from app.core.config import Settings
 from app.db import check_database, session_factory
+from app.observability.metrics import SWEEPER_QUEUED
+from app.observability.server import start_worker_metrics
+from app.observability.tasks import TaskMetricsMiddleware
 from app.services import provider_service
 from app.services.embedding_queue import sweep
 from app.services.entities import ATOMS, MESSAGES
@@ -45,6 +48,8 @@ async def sweeper_loop(settings: Settings, stop: asyncio.Event) -> None:
             )
             if any(counts.values()):
                 logger.info("sweeper queued %s", counts)
+                for entity_name, queued in counts.items():
+                    SWEEPER_QUEUED.labels(entity_name).inc(queued)
         except Exception:  # noqa: BLE001 - a failed sweep is retried next interval
             logger.exception("sweep failed; retrying in %.0fs", settings.sweeper_interval_seconds)
         try:
@@ -58,6 +63,8 @@ async def run_worker(settings: Settings, *, sweeper: bool = True) -> None:
     runtime = runtime_module.runtime
     await preflight(settings)
     broker.is_worker_process = True
+    broker.add_middlewares(TaskMetricsMiddleware())
+    metrics_server = start_worker_metrics(settings)
     await broker.startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,4 +82,6 @@ async def run_worker(settings: Settings, *, sweeper: bool = True) -> None:
     finally:
         await broker.shutdown()
         await runtime.aclose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         logger.info("worker stopped")
