@@ -4,6 +4,7 @@ the counters move with an ingest and a search; access is refused without a token
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -49,7 +50,7 @@ async def ingest(stack: LiveStack, token: str, contents: list[str]) -> None:
 
 
 async def test_counters_move_with_an_ingest_and_a_search(pipeline: Pipeline) -> None:
-    async with live_stack(pipeline, worker_metrics=True) as stack:
+    async with live_stack(pipeline, worker_metrics=True, LOG_FORMAT="json") as stack:
         assert stack.worker_metrics_url is not None
         token = await stack.token(TokenScope.write)
         url = f"{stack.base_url}/metrics"
@@ -111,6 +112,12 @@ async def test_counters_move_with_an_ingest_and_a_search(pipeline: Pipeline) -> 
         documents = {"provider": PROVIDER, "kind": "document", "outcome": "ok"}
         assert value(worker, "tasktracker_provider_requests_total", **documents) >= 1
         assert value(worker, "tasktracker_provider_inputs_total", provider=PROVIDER) >= 25
+
+        # LOG_FORMAT=json: every line the worker wrote is one JSON object.
+        lines = [line for line in stack.worker.output().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+        assert any(r["message"].startswith("worker ready") for r in records)
+        assert any(r["message"].startswith("worker metrics on") for r in records)
 
 
 def _queue(stack: LiveStack) -> dict[str, str]:

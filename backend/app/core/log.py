@@ -25,7 +25,11 @@ class RedactSecrets(logging.Filter):
 
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+# (uvicorn adds `color_message`, its message with terminal colours: no use in JSON.)
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
