@@ -3,18 +3,26 @@ and /metrics access settings. (The flows in a real browser: tests/browser/test_c
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
 
 from app.api.state import AppState
 from app.core.config import Settings
+from app.core.urls import to_libpq_url
 from app.main import create_app
 from app.models.api_token import TokenScope
 from app.services import token_service
@@ -266,3 +274,44 @@ async def test_a_model_switch_shows_coverage_per_model(console: Console) -> None
     assert "<code>old-model</code>: 3 rows" in page.text
     assert "<code>text-embedding-3-small</code>: 2 rows (current)" in page.text
     assert "2 / 5" in page.text  # current for the provider's model, of all rows
+
+
+async def test_the_index_panel_shows_a_build_running_now(console: Console, tmp_path: Path) -> None:
+    """`tasktracker index rebuild` waits for an open writer: the panel shows that phase live."""
+    url = console.state.settings.database_url
+    assert url is not None
+    writer = await asyncpg.connect(to_libpq_url(url))
+    transaction = writer.transaction()
+    await transaction.start()
+    await writer.execute(
+        "INSERT INTO messages (id, author, channel, content, sent_at) "
+        "VALUES (gen_random_uuid(), 'w', 'c', 'a writer the build waits for', now())"
+    )
+    rebuild = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "index", "rebuild", "--entity", "messages"],
+        env={**os.environ, "DATABASE_URL": url, "DATA_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cookie = {"Cookie": f"tt_console={await console.token(TokenScope.search)}"}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            panels = await console.client.get("/console/panels", headers=cookie)
+            assert panels.status_code == 200
+            if "waiting for writers before build" in panels.text:
+                break
+            assert rebuild.poll() is None and time.monotonic() < deadline, panels.text
+            await asyncio.sleep(0.2)
+        await transaction.commit()
+        _, stderr = rebuild.communicate(timeout=300)
+    finally:
+        if rebuild.poll() is None:
+            rebuild.kill()
+            rebuild.wait()
+        await writer.close()
+    assert rebuild.returncode == 0, stderr
+    after = await console.client.get("/console/panels", headers=cookie)
+    assert "waiting for writers" not in after.text and "idle" in after.text
+    assert "REINDEX CONCURRENTLY" in after.text  # the last build's note, now this one

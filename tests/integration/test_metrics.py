@@ -62,6 +62,8 @@ async def test_counters_move_with_an_ingest_and_a_search(pipeline: Pipeline) -> 
         before = await scrape(url, token)
         assert value(before, "tasktracker_rows", entity="messages") == 0
         assert value(before, "tasktracker_jetstream_up", **_queue(stack)) == 1
+        stream = stack.pipeline.env["NATS_STREAM"]
+        assert value(before, "tasktracker_workers_seen", stream=stream) == 1
         worker_before = await scrape(stack.worker_metrics_url, None)
 
         await ingest(stack, token, [f"metrics message {i} about the rollout" for i in range(25)])
@@ -118,6 +120,13 @@ async def test_counters_move_with_an_ingest_and_a_search(pipeline: Pipeline) -> 
         records = [json.loads(line) for line in lines]
         assert any(r["message"].startswith("worker ready") for r in records)
         assert any(r["message"].startswith("worker metrics on") for r in records)
+
+        # A worker that stops takes its heartbeat with it.
+        assert stack.worker.stop() == 0
+        gone = await scrape_until(
+            url, token, lambda s: value(s, "tasktracker_workers_seen", stream=stream) == 0
+        )
+        assert value(gone, "tasktracker_workers_seen", stream=stream) == 0
 
 
 def _queue(stack: LiveStack) -> dict[str, str]:

@@ -82,4 +82,4 @@ async def overview(state: AppState) -> Overview:
 async def _queue(state: AppState) -> QueueState | None:
     from app.tasks.broker import broker
 
-    return await queue_state(broker) if state.broker_ready else None
+    return await queue_state(broker, state.settings) if state.broker_ready else None

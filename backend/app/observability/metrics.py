@@ -73,6 +73,11 @@ JETSTREAM_WAITING_PULLS = Gauge(
 JETSTREAM_UP = Gauge(
     f"{NAMESPACE}_jetstream_up", "1 when the consumer's state could be read.", _QUEUE_LABELS
 )
+WORKERS_SEEN = Gauge(
+    f"{NAMESPACE}_workers_seen",
+    "Workers whose heartbeat (every 10 s, kept 30 s) is in the stream's workers bucket.",
+    ["stream"],
+)
 SCRAPE_ERRORS = Counter(
     f"{NAMESPACE}_scrape_errors",
     "Failures reading a source of the scrape-time gauges.",

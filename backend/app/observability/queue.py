@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.config import Settings
+from app.observability.heartbeat import WorkerSeen, workers_seen
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,9 +21,10 @@ class QueueState:
     redelivered: int  # delivered more than once, not acknowledged
     waiting_pulls: int  # fetches waiting for messages: the idle workers
     stream_messages: int
+    workers: list[WorkerSeen] | None  # by their heartbeats; None: the bucket was unreadable
 
 
-async def queue_state(broker: Any) -> QueueState | None:
+async def queue_state(broker: Any, settings: Settings) -> QueueState | None:
     """The consumer's counts from JetStream (`consumer_info`); None without a connected broker."""
     js = getattr(broker, "js", None)
     stream, durable = getattr(broker, "stream_name", None), getattr(broker, "durable", None)
@@ -40,4 +44,5 @@ async def queue_state(broker: Any) -> QueueState | None:
         redelivered=int(info.num_redelivered or 0),
         waiting_pulls=int(info.num_waiting or 0),
         stream_messages=int(stream_info.state.messages or 0),
+        workers=await workers_seen(js, settings),
     )

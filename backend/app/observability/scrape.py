@@ -61,7 +61,7 @@ async def _refresh_queue(state: AppState) -> None:
 
     stream = state.settings.nats_stream
     labels = (stream, f"{stream}-worker")
-    queue = await queue_state(broker) if state.broker_ready else None
+    queue = await queue_state(broker, state.settings) if state.broker_ready else None
     if queue is None:
         m.JETSTREAM_UP.labels(*labels).set(0)
         m.SCRAPE_ERRORS.labels("jetstream").inc()
@@ -71,3 +71,5 @@ async def _refresh_queue(state: AppState) -> None:
     m.JETSTREAM_ACK_PENDING.labels(*labels).set(queue.ack_pending)
     m.JETSTREAM_REDELIVERED.labels(*labels).set(queue.redelivered)
     m.JETSTREAM_WAITING_PULLS.labels(*labels).set(queue.waiting_pulls)
+    if queue.workers is not None:
+        m.WORKERS_SEEN.labels(stream).set(len(queue.workers))

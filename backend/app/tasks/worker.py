@@ -10,6 +10,7 @@ from taskiq.receiver import Receiver
 
 from app.core.config import Settings
 from app.db import check_database, session_factory
+from app.observability.heartbeat import heartbeat_loop
 from app.observability.metrics import SWEEPER_QUEUED
 from app.observability.server import start_worker_metrics
 from app.observability.tasks import TaskMetricsMiddleware
@@ -76,6 +77,9 @@ async def run_worker(settings: Settings, *, sweeper: bool = True) -> None:
     background = [asyncio.create_task(receiver.listen(stop))]
     if sweeper:
         background.append(asyncio.create_task(sweeper_loop(settings, stop)))
+    js = getattr(broker, "js", None)  # JetStream only: the workers-seen heartbeat
+    if js is not None:
+        background.append(asyncio.create_task(heartbeat_loop(js, settings, stop)))
     logger.info("worker ready (max %d tasks in flight)", settings.worker_max_async_tasks)
     try:
         await asyncio.gather(*background)
