@@ -8,12 +8,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
-# The console's pages are a fixed set of paths (no ids in them); anything else is one label.
-CONSOLE_PATHS = frozenset(
-    ("/console", "/console/login", "/console/logout", "/console/search", "/console/panels")
-    + ("/console/retry",)
-)
-
 
 def route_label(scope: Scope) -> str:
     """The route's template (`/api/v1/messages/{message_id}`), never the raw path: labels stay
@@ -22,12 +16,16 @@ def route_label(scope: Scope) -> str:
     # (the route's own `path` lacks the routers' prefixes); earlier versions in `route.path`.
     context = (scope.get("fastapi") or {}).get("effective_route_context")
     template = getattr(context, "path_format", None) or getattr(scope.get("route"), "path", None)
+    if isinstance(template, str):
+        return template
     path = str(scope.get("path", ""))
-    if path.startswith("/console"):
-        if path.startswith("/console/static/"):
-            return "/console/static"
-        return path if path in CONSOLE_PATHS else "/console/other"
-    return template if isinstance(template, str) else "unmatched"
+    if path.startswith("/console/static/"):
+        return "/console/static"
+    # A plain route without parameters (the console's pages, /metrics): its path is its
+    # template, one of a fixed few.
+    if scope.get("endpoint") is not None and not scope.get("path_params"):
+        return path
+    return "unmatched"
 
 
 class HttpMetrics:
