@@ -315,3 +315,37 @@ async def test_the_index_panel_shows_a_build_running_now(console: Console, tmp_p
     after = await console.client.get("/console/panels", headers=cookie)
     assert "waiting for writers" not in after.text and "idle" in after.text
     assert "REINDEX CONCURRENTLY" in after.text  # the last build's note, now this one
+
+
+async def test_retry_all_gives_every_failed_row_fresh_attempts(console: Console) -> None:
+    """Without a broker (this app never opened one) the rows still get their attempts back:
+    they stay pending for the sweeper, and the notice says none was queued."""
+    async with console.state.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO messages (id, author, channel, content, sent_at, embedding_error, "
+                "embedding_attempts) SELECT gen_random_uuid(), 'a', 'c', 'parked ' || g, now(), "
+                "'HTTP 400: input rejected', 3 FROM generate_series(1, 2) g"
+            )
+        )
+    token = await console.token(TokenScope.write)
+    cookie = {"Cookie": f"tt_console={token}"}
+    page = await console.client.get("/console", headers=cookie)
+    assert page.text.count('class="failed-row"') == 2 and "HTTP 400: input rejected" in page.text
+    assert "Retry all failed messages" in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    done = await console.client.post(
+        "/console/retry", data={"entity": "messages", "csrf": csrf.group(1)}, headers=cookie
+    )
+    assert (
+        done.status_code == 303 and done.headers["location"] == "/console?retried=2&queued=0#failed"
+    )
+    async with console.state.engine.connect() as conn:
+        attempts = (
+            await conn.execute(text("SELECT max(embedding_attempts) FROM messages"))
+        ).scalar()
+    assert attempts == 0
+    notice = await console.client.get(done.headers["location"], headers=cookie)
+    assert "2 rows get fresh attempts; 0 queued for embedding." in notice.text
+    assert 'id="no-failed"' in notice.text

@@ -12,6 +12,7 @@ from app.observability.queue import QueueState, queue_state
 from app.services import status_service
 from app.services.entities import ENTITIES
 from app.services.parked_rows import FailedRow, failed_rows
+from app.tasks.broker import broker
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,4 @@ async def overview(state: AppState) -> Overview:
 
 
 async def _queue(state: AppState) -> QueueState | None:
-    from app.tasks.broker import broker
-
     return await queue_state(broker, state.settings) if state.broker_ready else None

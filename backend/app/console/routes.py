@@ -21,6 +21,7 @@ from app.console import search as console_search
 from app.core.enums import AtomType
 from app.services.entities import ENTITIES
 from app.services.parked_rows import retry_rows
+from app.tasks.embedding_tasks import enqueuer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -185,8 +186,6 @@ async def retry_submit(request: Request) -> Response:
             ids = [uuid.UUID(form["id"])]
         except ValueError:
             return _error(request, operator, 422, "Bad request", "id: not a valid id")
-    from app.tasks.embedding_tasks import enqueuer
-
     reset, queued = await retry_rows(
         state.engine, enqueuer(None), entity, ids, batch_size=state.settings.task_batch_size
     )

@@ -12,6 +12,7 @@ from app.core.errors import AppError
 from app.observability import metrics as m
 from app.observability.queue import queue_state
 from app.services import status_service
+from app.tasks.broker import broker
 
 if TYPE_CHECKING:
     from app.api.state import AppState
@@ -57,8 +58,6 @@ async def _provider_model(state: AppState, session: AsyncSession) -> str | None:
 
 
 async def _refresh_queue(state: AppState) -> None:
-    from app.tasks.broker import broker
-
     stream = state.settings.nats_stream
     labels = (stream, f"{stream}-worker")
     queue = await queue_state(broker, state.settings) if state.broker_ready else None

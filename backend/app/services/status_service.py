@@ -105,16 +105,20 @@ class EntityProgress:
         return self.embedded_last_minute / 60.0
 
 
-def _progress_sql(table: str) -> str:
-    # The pending rows are read through the partial index on exactly that predicate.
+def _models_sql(table: str) -> str:
     return f"""
-        SELECT (SELECT coalesce(json_object_agg(model, n), '{{}}')
-                FROM (SELECT coalesce(embedding_model, '?') AS model, count(*) AS n FROM {table}
-                      WHERE embedding IS NOT NULL GROUP BY 1) m),
-               (SELECT count(*) FROM {table} WHERE embedded_at > now() - interval '60 seconds'),
-               (SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) FROM {table}
-                WHERE embedding_content_hash IS DISTINCT FROM content_hash
-                  AND embedding_attempts < :max_attempts)
+        SELECT coalesce(embedding_model, '?') AS model, count(*) AS rows,
+               count(*) FILTER (WHERE embedded_at > now() - interval '60 seconds') AS recent
+        FROM {table} WHERE embedding IS NOT NULL GROUP BY 1
+    """
+
+
+def _oldest_pending_sql(table: str) -> str:
+    # Through the partial index on exactly the pending predicate.
+    return f"""
+        SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) FROM {table}
+        WHERE embedding_content_hash IS DISTINCT FROM content_hash
+          AND embedding_attempts < :max_attempts
     """
 
 
@@ -122,9 +126,11 @@ async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[Enti
     """Per entity: embedded rows per model, rows embedded in the last minute, oldest pending."""
     result = []
     for entity, table in ENTITY_TABLES.items():
-        models, recent, oldest = (
-            await session.execute(text(_progress_sql(table)), {"max_attempts": max_attempts})
-        ).one()
-        counts = {str(k): int(v) for k, v in (models or {}).items()}
-        result.append(EntityProgress(entity, counts, int(recent), float(oldest)))
+        models = (await session.execute(text(_models_sql(table)))).all()
+        oldest = (
+            await session.execute(text(_oldest_pending_sql(table)), {"max_attempts": max_attempts})
+        ).scalar_one()
+        counts = {str(row.model): int(row.rows) for row in models}
+        recent = sum(int(row.recent) for row in models)
+        result.append(EntityProgress(entity, counts, recent, float(oldest)))
     return result
