@@ -349,3 +349,15 @@ async def test_retry_all_gives_every_failed_row_fresh_attempts(console: Console)
     notice = await console.client.get(done.headers["location"], headers=cookie)
     assert "2 rows get fresh attempts; 0 queued for embedding." in notice.text
     assert 'id="no-failed"' in notice.text
+
+
+async def test_atom_search_takes_type_filters_and_names_a_bad_one(console: Console) -> None:
+    cookie = {"Cookie": f"tt_console={await console.token(TokenScope.search)}"}
+    params = [("entity", "atoms"), ("q", "deploy"), ("types", "problem"), ("types", "risk")]
+    page = await console.client.get("/console/search", params=params, headers=cookie)
+    assert page.status_code == 200 and "No results." in page.text
+    assert 'value="problem" checked' in page.text and 'value="risk" checked' in page.text
+    bad = await console.client.get(
+        "/console/search", params=[*params, ("types", "gossip")], headers=cookie
+    )
+    assert bad.status_code == 422 and "types" in bad.text
