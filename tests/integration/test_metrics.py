@@ -59,11 +59,13 @@ async def test_counters_move_with_an_ingest_and_a_search(pipeline: Pipeline) -> 
             wrong = await client.get(url, headers={"Authorization": "Bearer tt_" + "x" * 43})
         assert refused.status_code == 401 and wrong.status_code == 401
 
-        before = await scrape(url, token)
+        stream = stack.pipeline.env["NATS_STREAM"]
+        before = await scrape_until(  # the worker's first heartbeat
+            url, token, lambda s: value(s, "tasktracker_workers_seen", stream=stream) == 1
+        )
+        assert value(before, "tasktracker_workers_seen", stream=stream) == 1
         assert value(before, "tasktracker_rows", entity="messages") == 0
         assert value(before, "tasktracker_jetstream_up", **_queue(stack)) == 1
-        stream = stack.pipeline.env["NATS_STREAM"]
-        assert value(before, "tasktracker_workers_seen", stream=stream) == 1
         worker_before = await scrape(stack.worker_metrics_url, None)
 
         await ingest(stack, token, [f"metrics message {i} about the rollout" for i in range(25)])
@@ -96,11 +98,15 @@ async def test_counters_move_with_an_ingest_and_a_search(pipeline: Pipeline) -> 
             )
         assert response.status_code == 200, response.text
         assert response.json()["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
-        final = await scrape(url, token)
+        route = {"method": "POST", "route": SEARCH_ROUTE, "status": "200"}
+        # A request is counted once its route returned, which may be just after the client
+        # has its answer (the session closes after the response): wait for it.
+        final = await scrape_until(
+            url, token, lambda s: value(s, "tasktracker_http_requests_total", **route) == 1
+        )
+        assert value(final, "tasktracker_http_requests_total", **route) == 1
         count = "tasktracker_search_duration_seconds_count"
         assert value(final, count, **searched) == value(after, count, **searched) + 1
-        route = {"method": "POST", "route": SEARCH_ROUTE, "status": "200"}
-        assert value(final, "tasktracker_http_requests_total", **route) == 1
         # The query vector came from the provider, in the API process.
         api_query = {"provider": PROVIDER, "kind": "query", "outcome": "ok"}
         assert value(final, "tasktracker_provider_requests_total", **api_query) >= 1
