@@ -29,7 +29,7 @@ def _root() -> None:
     """tasktracker: chat messages in, searchable knowledge out."""
     from app.core.log import configure_logging
 
-    configure_logging(get_settings().log_level)
+    configure_logging(get_settings().log_level, get_settings().log_format)
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:

@@ -7,14 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from app.api.auth import LoopbackHostOnly, is_loopback
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.v1.router import api_router
+from app.console.routes import console_routes
 from app.core.config import Settings, get_settings
 from app.core.errors import ConfigurationError
 from app.core.log import configure_logging
+from app.observability.http import HttpMetrics
+from app.observability.routes import metrics_endpoint
 from app.schemas.errors import error_responses
 
 logger = logging.getLogger(__name__)
@@ -62,11 +66,15 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics)
     if not settings.auth_enabled:
         app.add_middleware(LoopbackHostOnly)  # outermost: refused before anything else runs
     app.include_router(
         api_router, prefix="/api/v1", responses=error_responses(404, 409, 413, 422, 502, 503)
     )
+    # Plain Starlette routes: not API operations, so not in the OpenAPI schema.
+    app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    app.router.routes.extend(console_routes())
     return app
 
 
@@ -93,7 +101,7 @@ def uvicorn_bind_address() -> str | None:
 def create_app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory`; refuses to start (exit 1, one line) on a bad setup."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return create_app(settings, host=uvicorn_bind_address())
     except ConfigurationError as exc:

@@ -49,7 +49,10 @@ def run_services(
         env = {"DATABASE_URL": db_url, "NATS_URL": nats}
         children = [worker_child(env), api_child(env, host, port, "--no-access-log")]
         api_url = f"http://{host}:{port}"
-        console.print(f"postgres: {redact_url(db_url)}\nnats:     {nats}\napi:      {api_url}/docs")
+        console.print(
+            f"postgres: {redact_url(db_url)}\nnats:     {nats}\napi:      {api_url}/docs\n"
+            f"console:  {api_url}/console (sign in with a token)"
+        )
         state = {"pid": os.getpid(), "database": redact_url(db_url), "nats": nats, "api": api_url}
         _state_file(settings).parent.mkdir(parents=True, exist_ok=True)
         _state_file(settings).write_text(json.dumps(state))

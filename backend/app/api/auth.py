@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import StateDep
+from app.api.state import AppState
 from app.models.api_token import TokenScope
 from app.schemas.errors import error_responses
 from app.services import token_service
@@ -50,6 +51,22 @@ def _arrived_on_loopback(request: Request) -> bool:
         return False
     host = str(server[0])
     return is_loopback(host) or (server[1] is None and host.startswith("/"))
+
+
+def auth_waived(request: Request, state: AppState) -> bool:
+    """AUTH_ENABLED=false and the request came over loopback: no token needed."""
+    return not state.settings.auth_enabled and _arrived_on_loopback(request)
+
+
+async def scope_of(state: AppState, token: str) -> TokenScope | None:
+    """The scope of a valid API token, None for a missing, unknown or revoked one (the console
+    and /metrics, which do not take the token from the Authorization header only)."""
+    if not token:
+        return None
+    async with state.sessions() as session:
+        granted = await token_service.authenticate(session, token)
+        await session.commit()
+    return granted
 
 
 def unauthorized(*, token_given: bool) -> HTTPException:

@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     rate_limit_extract_per_minute: int = Field(default=30, ge=0)
 
     log_level: str = "INFO"
+    # text: one human-readable line a record; json: one JSON object a line (for log shippers).
+    log_format: Literal["text", "json"] = "text"
+
+    # Observability (app.observability). /metrics on the API needs a bearer token: METRICS_TOKEN
+    # when set (a scrape-only secret), else any API token; METRICS_OPEN=true drops the check
+    # (for an API port that only a private network reaches). The worker serves its own
+    # metrics on WORKER_METRICS_HOST:WORKER_METRICS_PORT (0: not served).
+    metrics_token: SecretStr | None = None
+    metrics_open: bool = False
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     def provider_network(self) -> NetworkPolicy:
         """The network policy for providers, from PROVIDER_ALLOWED_HOSTS."""

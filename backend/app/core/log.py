@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import IO
 
 _SECRET_PATTERNS = (
@@ -61,20 +63,57 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def redacting_handler(stream: IO[str] | None = None) -> logging.Handler:
-    """The processes' log handler: one line per record, secrets and data redacted."""
+# Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
+# (uvicorn adds `color_message`, its message with terminal colours: no use in JSON.)
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "color_message",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, process, `extra=` fields, and the
+    exception (type and redacted text) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exc_type"] = record.exc_info[0].__name__
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def redacting_handler(stream: IO[str] | None = None, fmt: str = "text") -> logging.Handler:
+    """The processes' log handler: one line per record (text or JSON), secrets and data redacted."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets())
     return handler
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """One handler on the root logger, with secrets redacted."""
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """One handler on the root logger, with secrets redacted; `fmt` text or json (LOG_FORMAT)."""
     root = logging.getLogger()
     if any(isinstance(f, RedactSecrets) for h in root.handlers for f in h.filters):
         return
-    root.handlers = [redacting_handler()]
+    root.handlers = [redacting_handler(fmt=fmt)]
+    if fmt == "json":
+        # uvicorn (configured before the app factory runs) keeps its own text handlers.
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).handlers = []
+            logging.getLogger(name).propagate = True
     root.setLevel(level)
     for noisy in (
         "httpx",

@@ -21,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 from app.core.errors import DimensionMismatchError, EmbeddingProviderError, ValidationError
+from app.observability.metrics import observe_provider_call
 from app.services.embeddings import EmbeddingProvider, Kind
 from app.services.embeddings.tokens import count_tokens, truncate
 
@@ -204,7 +205,7 @@ class EmbeddingService:
         while True:
             try:
                 async with self._semaphore:
-                    vectors = await self.provider.embed(texts, kind=kind)
+                    vectors = await self._timed_embed(texts, kind)
                 return self._validated(vectors, len(texts))
             except EmbeddingProviderError as exc:
                 delay = self._retry_delay(exc, attempt + 1)
@@ -215,6 +216,20 @@ class EmbeddingService:
                     "%s; retry %d/%d in %.2fs", exc.message, attempt, self.max_retries, delay
                 )
                 await self._sleep(delay)
+
+    async def _timed_embed(self, texts: list[str], kind: Kind) -> np.ndarray:
+        """The provider call, counted and timed for /metrics."""
+        began, status, ok = time.perf_counter(), None, False
+        try:
+            vectors = await self.provider.embed(texts, kind=kind)
+            ok = True
+            return vectors
+        except EmbeddingProviderError as exc:
+            status = exc.status
+            raise
+        finally:
+            seconds = time.perf_counter() - began
+            observe_provider_call(self.provider.name, kind, len(texts), seconds, status, ok)
 
     def _retry_delay(self, exc: EmbeddingProviderError, attempt: int) -> float | None:
         """Seconds to wait before `attempt`, or None to give up now."""

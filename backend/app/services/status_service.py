@@ -115,3 +115,48 @@ async def index_states(session: AsyncSession) -> list[IndexState]:
                 IndexState(index.name, index.table, True, valid, ready, bool(matches), definition)
             )
     return states
+
+
+@dataclass(frozen=True)
+class EntityProgress:
+    """What the console and /metrics add to coverage: models in use, recent rate, oldest wait."""
+
+    entity: str
+    embedded_by_model: dict[str, int]
+    embedded_last_minute: int
+    oldest_pending_seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded_last_minute / 60.0
+
+
+def _models_sql(table: str) -> str:
+    return f"""
+        SELECT coalesce(embedding_model, '?') AS model, count(*) AS rows,
+               count(*) FILTER (WHERE embedded_at > now() - interval '60 seconds') AS recent
+        FROM {table} WHERE embedding IS NOT NULL GROUP BY 1
+    """
+
+
+def _oldest_pending_sql(table: str) -> str:
+    # Through the partial index on exactly the pending predicate.
+    return f"""
+        SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) FROM {table}
+        WHERE embedding_content_hash IS DISTINCT FROM content_hash
+          AND embedding_attempts < :max_attempts
+    """
+
+
+async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[EntityProgress]:
+    """Per entity: embedded rows per model, rows embedded in the last minute, oldest pending."""
+    result = []
+    for entity, table in ENTITY_TABLES.items():
+        models = (await session.execute(text(_models_sql(table)))).all()
+        oldest = (
+            await session.execute(text(_oldest_pending_sql(table)), {"max_attempts": max_attempts})
+        ).scalar_one()
+        counts = {str(row.model): int(row.rows) for row in models}
+        recent = sum(int(row.recent) for row in models)
+        result.append(EntityProgress(entity, counts, recent, float(oldest)))
+    return result

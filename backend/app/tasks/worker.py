@@ -11,6 +11,10 @@ from taskiq.receiver import Receiver
 
 from app.core.config import Settings
 from app.db import check_database, session_factory
+from app.observability.heartbeat import heartbeat_loop
+from app.observability.metrics import SWEEPER_QUEUED
+from app.observability.server import start_worker_metrics
+from app.observability.tasks import TaskMetricsMiddleware
 from app.services import provider_service
 from app.services.embedding_queue import sweep
 from app.services.entities import ATOMS, MESSAGES
@@ -46,6 +50,8 @@ async def sweeper_loop(settings: Settings, stop: asyncio.Event) -> None:
             )
             if any(counts.values()):
                 logger.info("sweeper queued %s", counts)
+                for entity_name, queued in counts.items():
+                    SWEEPER_QUEUED.labels(entity_name).inc(queued)
         except Exception:  # noqa: BLE001 - a failed sweep is retried next interval
             logger.exception("sweep failed; retrying in %.0fs", settings.sweeper_interval_seconds)
         try:
@@ -59,6 +65,8 @@ async def run_worker(settings: Settings, *, sweeper: bool = True) -> None:
     runtime = runtime_module.runtime
     await preflight(settings)
     broker.is_worker_process = True
+    broker.add_middlewares(TaskMetricsMiddleware())
+    metrics_server = start_worker_metrics(settings)
     await broker.startup()
     if isinstance(broker, JetStreamBroker):
         await broker.watch_exhausted(partial(embedding_tasks.park_exhausted, broker))
@@ -72,10 +80,15 @@ async def run_worker(settings: Settings, *, sweeper: bool = True) -> None:
     background = [asyncio.create_task(receiver.listen(stop))]
     if sweeper:
         background.append(asyncio.create_task(sweeper_loop(settings, stop)))
+    js = getattr(broker, "js", None)  # JetStream only: the workers-seen heartbeat
+    if js is not None:
+        background.append(asyncio.create_task(heartbeat_loop(js, settings, stop)))
     logger.info("worker ready (max %d tasks in flight)", settings.worker_max_async_tasks)
     try:
         await asyncio.gather(*background)
     finally:
         await broker.shutdown()
         await runtime.aclose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         logger.info("worker stopped")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from app.api.auth import AUTH_RESPONSES, SearchAccess
 from app.api.deps import ReadSessionDep, StateDep
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
+from app.observability.metrics import observe_search
 from app.schemas.search import (
     AtomSearchRequest,
     MessageSearchRequest,
@@ -75,20 +76,21 @@ async def _search(
     filters: search.SearchFilters,
 ) -> SearchResponse:
     started = time.perf_counter()
-    entry = await state.registry.get(session)
-    vector = await entry.service.embed_query(body.query)
-    page = await search.search(
-        session,
-        entity,
-        vector,
-        query_text=body.query,
-        limit=body.limit,
-        offset=body.offset,
-        threshold=body.threshold,
-        filters=filters,
-        mode=body.mode,
-        tuning=_tuning(state),
-    )
+    with observe_search(entity.name, body.mode):
+        entry = await state.registry.get(session)
+        vector = await entry.service.embed_query(body.query)
+        page = await search.search(
+            session,
+            entity,
+            vector,
+            query_text=body.query,
+            limit=body.limit,
+            offset=body.offset,
+            threshold=body.threshold,
+            filters=filters,
+            mode=body.mode,
+            tuning=_tuning(state),
+        )
     await session.commit()
     return _response(body.query, page, started)
 
@@ -127,16 +129,17 @@ async def _similar(
     threshold: float | None,
 ) -> SearchResponse:
     started = time.perf_counter()
-    vector = await search.embedding_of(session, entity, row_id)
-    page = await search.search(
-        session,
-        entity,
-        vector,
-        limit=limit,
-        threshold=threshold,
-        tuning=_tuning(state),
-        exclude=row_id,
-    )
+    with observe_search(entity.name, "similar"):
+        vector = await search.embedding_of(session, entity, row_id)
+        page = await search.search(
+            session,
+            entity,
+            vector,
+            limit=limit,
+            threshold=threshold,
+            tuning=_tuning(state),
+            exclude=row_id,
+        )
     await session.commit()
     return _response(str(row_id), page, started)
 

@@ -1,0 +1,142 @@
+"""The console's search box: the API's search (same validation, same service), as a page."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from app.api.state import AppState
+from app.core.errors import AppError
+from app.observability.metrics import observe_search
+from app.schemas.search import AtomSearchRequest, MessageSearchRequest
+from app.services import semantic_search_service as search
+from app.services.entities import ATOMS, MESSAGES, Entity
+
+
+@dataclass
+class SearchForm:
+    """The search box's fields, as typed (so the page shows them back)."""
+
+    entity: str = "messages"
+    q: str = ""
+    mode: str = "vector"
+    channel: str = ""
+    author: str = ""
+    types: list[str] = field(default_factory=list)
+    limit: int = 10
+    similar: str = ""
+
+    @classmethod
+    def of(cls, params: Mapping[str, str], types: list[str]) -> SearchForm:
+        limit = params.get("limit", "10")
+        return cls(
+            entity="atoms" if params.get("entity") == "atoms" else "messages",
+            q=params.get("q", "").strip(),
+            mode="hybrid" if params.get("mode") == "hybrid" else "vector",
+            channel=params.get("channel", "").strip(),
+            author=params.get("author", "").strip(),
+            types=types,
+            limit=int(limit) if limit.isdigit() else 10,
+            similar=params.get("similar", "").strip(),
+        )
+
+    @property
+    def asked(self) -> bool:
+        return bool(self.q or self.similar)
+
+
+@dataclass
+class SearchView:
+    form: SearchForm
+    hits: list[search.SearchHit] = field(default_factory=list)
+    not_embedded: int = 0
+    took_ms: float | None = None
+    error: str | None = None
+    status_code: int = 200
+
+
+async def run(state: AppState, form: SearchForm) -> SearchView:
+    """Search as the API does; a bad field or a provider failure becomes the page's error."""
+    view = SearchView(form)
+    if not form.asked:
+        return view
+    entity = ATOMS if form.entity == "atoms" else MESSAGES
+    started = time.perf_counter()
+    try:
+        page = await (
+            _similar(state, entity, form) if form.similar else _query(state, entity, form)
+        )
+    except PydanticValidationError as exc:
+        view.error = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        view.status_code = 422
+        return view
+    except AppError as exc:
+        view.error, view.status_code = exc.message, exc.status_code
+        return view
+    view.hits, view.not_embedded = page.hits, page.not_embedded
+    view.took_ms = round((time.perf_counter() - started) * 1000, 1)
+    return view
+
+
+def _request(entity: Entity, form: SearchForm) -> MessageSearchRequest | AtomSearchRequest:
+    common: dict[str, Any] = {"query": form.q, "mode": form.mode, "limit": form.limit}
+    if entity is ATOMS:
+        return AtomSearchRequest(**common, types=form.types)
+    return MessageSearchRequest(**common, channel=form.channel or None, author=form.author or None)
+
+
+async def _query(state: AppState, entity: Entity, form: SearchForm) -> search.SearchPage:
+    body = _request(entity, form)
+    if isinstance(body, AtomSearchRequest):
+        filters = search.SearchFilters(atom_types=tuple(t.value for t in body.types))
+    else:
+        filters = search.SearchFilters(channel=body.channel, author=body.author)
+    with observe_search(entity.name, body.mode):
+        async with state.sessions() as session:
+            entry = await state.registry.get(session)
+            vector = await entry.service.embed_query(body.query)
+            page = await search.search(
+                session,
+                entity,
+                vector,
+                query_text=body.query,
+                limit=body.limit,
+                filters=filters,
+                mode=body.mode,
+                tuning=_tuning(state),
+            )
+            await session.commit()
+    return page
+
+
+async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.SearchPage:
+    try:
+        row_id = uuid.UUID(form.similar)
+    except ValueError:
+        raise AppError(f"similar: {form.similar!r} is not an id", status_code=422) from None
+    with observe_search(entity.name, "similar"):
+        async with state.sessions() as session:
+            vector = await search.embedding_of(session, entity, row_id)
+            page = await search.search(
+                session,
+                entity,
+                vector,
+                limit=max(1, min(form.limit, 100)),
+                tuning=_tuning(state),
+                exclude=row_id,
+            )
+            await session.commit()
+    return page
+
+
+def _tuning(state: AppState) -> search.SearchTuning:
+    return search.SearchTuning(
+        ef_search=state.settings.hnsw_ef_search, max_scan_tuples=state.settings.hnsw_max_scan_tuples
+    )

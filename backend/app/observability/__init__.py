@@ -1,0 +1,1 @@
+"""Prometheus metrics, the /metrics route, and the worker's metrics server."""
