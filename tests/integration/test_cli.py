@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -15,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.schemas.search import MessageSearchRequest
 from app.services import token_service
+from app.services.entities import MESSAGES
+from tests.integration.conftest import Pipeline, insert_messages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -200,3 +204,87 @@ def test_demo_json_reports_the_measured_cure(tmp_path: Path) -> None:
         json.loads((REPO / "backend/app/demo/data/meta.json").read_text())["bug_fix_message_ids"]
     )
     assert our_servers(tmp_path) == [], "the demo left a server running"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "says"),
+    [
+        (["--provider", "bogus"], {}, 2, "--provider must be local, openai or ollama, not 'bogus'"),
+        (["--provider", "openai"], {}, 1, "--provider openai needs EMBEDDING_API_KEY"),
+        (
+            ["--provider", "ollama"],
+            {"EMBEDDING_BASE_URL": "http://127.0.0.1:1"},
+            1,
+            "--provider ollama: no Ollama server answers at http://127.0.0.1:1",
+        ),
+    ],
+)
+def test_demo_refuses_a_provider_it_cannot_use_before_starting_anything(
+    args: list[str], env: dict[str, str], code: int, says: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    result = cli("demo", *args, env={"DATA_DIR": str(data), **env}, timeout=120)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert says in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (data / "postgres").exists(), "no server was started for a refused run"
+
+
+def _databases(postgres: object) -> set[str]:
+    from tests.services import PostgresForTests
+
+    assert isinstance(postgres, PostgresForTests)
+    return set(postgres.psql("SELECT datname FROM pg_database").split())
+
+
+@pytest.mark.slow
+def test_demo_keep_and_scale_then_a_plain_run_drops_its_database(
+    postgres: object, nats_url: str, tmp_path: Path
+) -> None:
+    """On a configured server: --keep leaves tasktracker_demo (with --scale's extra messages);
+    a run without it replaces that database and drops it at the end."""
+    from tests.services import PostgresForTests
+    from tests.stubs.openai_stub import OpenAIStub
+
+    assert isinstance(postgres, PostgresForTests)
+    with OpenAIStub(dims=384, api_key="demo-key") as stub:
+        env = {
+            "DATABASE_URL": postgres.url("postgres"),
+            "NATS_URL": nats_url,
+            "NATS_STREAM": f"demo{os.getpid()}",
+            "DATA_DIR": str(tmp_path / "data"),
+            "EMBEDDING_BASE_URL": stub.base_url,
+            "EMBEDDING_API_KEY": "demo-key",
+        }
+        try:
+            kept = cli("demo", "--provider", "openai", "--keep", "--scale", "40", "--json", env=env)
+            assert kept.returncode == 0, kept.stderr[-3000:]
+            report = json.loads(kept.stdout[kept.stdout.index("{\n") :])
+            assert report["after"]["coverage"]["messages"]["coverage_pct"] == 100.0
+            assert "tasktracker_demo" in _databases(postgres)
+            rows = postgres.psql("SELECT count(*) FROM messages", database="tasktracker_demo")
+            assert int(rows) == report["after"]["coverage"]["messages"]["total"]
+
+            plain = cli("demo", "--provider", "openai", "--json", env=env)
+            assert plain.returncode == 0, plain.stderr[-3000:]
+            fresh = json.loads(plain.stdout[plain.stdout.index("{\n") :])
+            # A fresh database: the kept one (and its 40 generated messages) was replaced.
+            assert fresh["after"]["coverage"]["messages"]["total"] == int(rows) - 40
+            assert "tasktracker_demo" not in _databases(postgres), "dropped at the end"
+        finally:
+            postgres.drop_database("tasktracker_demo")
+
+
+async def test_worker_finishes_its_task_on_sigterm_and_exits_0(pipeline: Pipeline) -> None:
+    """SIGTERM while a batch is at the provider: the batch is written, then the worker exits 0."""
+    await insert_messages(pipeline.engine, 5)
+    pipeline.stub.set_latency(ms=3000)
+    worker = pipeline.worker("--no-sweeper")
+    await pipeline.enqueue_all(MESSAGES)
+    deadline = time.monotonic() + 60
+    while pipeline.stub.stats()["requests"] == 0:
+        assert time.monotonic() < deadline, worker.output()[-3000:]
+        await asyncio.sleep(0.05)
+    assert worker.stop() == 0, worker.output()[-3000:]
+    assert (await pipeline.counts("messages")) == (5, 5), "the in-flight batch was finished"
+    assert "worker stopped" in worker.output() and "Traceback" not in worker.output()
