@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from app.models.api_token import TokenScope
 from app.schemas.search import MessageSearchRequest
 from app.services import token_service
 from app.services.entities import MESSAGES
@@ -338,3 +341,100 @@ def test_a_wrong_password_is_one_clear_line(password_postgres: str, tmp_path: Pa
         "status", env={**env, "DATABASE_URL": password_postgres.format(password="right-password")}
     )
     assert "password" not in right.stderr.lower(), right.stderr
+
+
+def _services_status(env: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """`services --status` as {service: (where, running)}."""
+    result = cli("services", "--status", env={**env, "COLUMNS": "300"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [
+        [cell.strip() for cell in line.strip("│ ").split("│")]
+        for line in result.stdout.splitlines()
+        if line.count("│") == 4
+    ]
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+@pytest.mark.slow
+async def test_services_runs_worker_and_api_reports_them_and_stops_on_sigterm(
+    make_db: object, nats_url: str, tmp_path: Path
+) -> None:
+    """`tasktracker services` migrates, starts the worker and the API (a posted message gets
+    embedded), `--status` tells what runs where, and SIGTERM stops every child."""
+    import httpx
+
+    from app.core.embedded import free_port
+    from app.core.urls import to_asyncpg_url
+    from tests.stubs.openai_stub import OpenAIStub
+
+    assert callable(make_db)
+    db_url, port = make_db(), free_port()
+    with OpenAIStub(dims=384, api_key="svc-key") as stub:
+        env = {
+            "DATABASE_URL": db_url,
+            "NATS_URL": nats_url,
+            "NATS_STREAM": f"svc{os.getpid()}",
+            "DATA_DIR": str(tmp_path / "data"),
+            "EMBEDDING_PROVIDER": "openai",
+            "EMBEDDING_BASE_URL": stub.base_url,
+            "EMBEDDING_API_KEY": "svc-key",
+            "EMBEDDING_MODEL": "text-embedding-3-small",
+        }
+        before = _services_status(env)
+        assert before["worker + api"] == ("-", "no")
+        assert before["postgres"][1] == "external" and before["nats"] == (nats_url, "external")
+        clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "services", "--port", str(port)],
+            cwd=REPO,
+            env={**clean, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        children: list[psutil.Process] = []
+        try:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                deadline = time.monotonic() + 120
+                while True:
+                    assert process.poll() is None, "services exited early"
+                    assert time.monotonic() < deadline, "the API did not become ready"
+                    try:
+                        if (await client.get("/api/v1/health/ready")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.3)
+                assert _services_status(env)["worker + api"] == (base, "yes")
+                children = psutil.Process(process.pid).children(recursive=True)
+                assert len(children) >= 2
+
+                engine = create_async_engine(to_asyncpg_url(db_url))
+                async with engine.begin() as conn:
+                    token, _ = await token_service.create_token(
+                        AsyncSession(bind=conn), TokenScope.write, "services"
+                    )
+                body = {"author": "a", "channel": "svc", "content": "served by the services"}
+                headers = {"Authorization": f"Bearer {token}"}
+                created = await client.post("/api/v1/messages", json=body, headers=headers)
+                assert created.status_code == 201, created.text
+                deadline = time.monotonic() + 120
+                sql = text("SELECT count(*) FROM messages WHERE embedding IS NOT NULL")
+                while True:
+                    async with engine.connect() as conn:
+                        if (await conn.execute(sql)).scalar_one() == 1:
+                            break
+                    assert time.monotonic() < deadline, "the services' worker did not embed"
+                    await asyncio.sleep(0.3)
+                await engine.dispose()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            for child in children:
+                if child.is_running():
+                    child.kill()
+        assert not any(child.is_running() for child in children), "every child was stopped"
+        assert _services_status(env)["worker + api"] == ("-", "no")
