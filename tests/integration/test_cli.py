@@ -229,11 +229,30 @@ def _databases(postgres: object) -> set[str]:
 
 
 @pytest.mark.slow
-def test_demo_keep_and_scale_then_a_plain_run_drops_its_database(
+def _clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
+
+
+def _wait_for_line(log: Path, process: subprocess.Popen[bytes], marker: str, timeout: float) -> str:
+    """The first line of the log holding `marker`; fails when the process ends or time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if marker in line:
+                return line.strip()
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no {marker!r} after {timeout}s: {log.read_text()[-3000:]}")
+
+
+def test_demo_keep_and_scale_then_serve_replaces_and_drops_its_database(
     postgres: object, nats_url: str, tmp_path: Path
 ) -> None:
     """On a configured server: --keep leaves tasktracker_demo (with --scale's extra messages);
-    a run without it replaces that database and drops it at the end."""
+    a --serve run replaces it, answers the curl line it prints, and on SIGTERM stops its
+    processes and drops the database."""
+    import httpx
+
     from tests.services import PostgresForTests
     from tests.stubs.openai_stub import OpenAIStub
 
@@ -256,11 +275,36 @@ def test_demo_keep_and_scale_then_a_plain_run_drops_its_database(
             rows = postgres.psql("SELECT count(*) FROM messages", database="tasktracker_demo")
             assert int(rows) == report["after"]["coverage"]["messages"]["total"]
 
-            plain = cli("demo", "--provider", "openai", "--json", env=env)
-            assert plain.returncode == 0, plain.stderr[-3000:]
-            fresh = json.loads(plain.stdout[plain.stdout.index("{\n") :])
-            # A fresh database: the kept one (and its 40 generated messages) was replaced.
-            assert fresh["after"]["coverage"]["messages"]["total"] == int(rows) - 40
+            # --serve: the API stays up with the printed curl line working; SIGTERM stops it all.
+            log = tmp_path / "serve.log"
+            with open(log, "wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "demo", "--provider", "openai", "--serve"],
+                    cwd=REPO,
+                    env={**_clean_environ(), **env, "COLUMNS": "400"},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                curl = _wait_for_line(log, process, "curl -H", timeout=240)
+                found = re.search(r'Bearer (tt_\S{43})" -X POST (\S+) .* -d \'(.*)\'$', curl)
+                assert found is not None, curl
+                token, url, body = found.groups()
+                answer = httpx.post(
+                    url, json=json.loads(body), headers={"Authorization": f"Bearer {token}"}
+                )
+                assert answer.status_code == 200 and len(answer.json()["results"]) == 5
+                fresh = postgres.psql("SELECT count(*) FROM messages", database="tasktracker_demo")
+                assert int(fresh) == int(rows) - 40, "the kept database was replaced"
+                children = psutil.Process(process.pid).children(recursive=True)
+                assert len(children) >= 2, "the worker and the API"
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(120) == 130, log.read_text()[-3000:]
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            assert not any(child.is_running() for child in children)
             assert "tasktracker_demo" not in _databases(postgres), "dropped at the end"
         finally:
             postgres.drop_database("tasktracker_demo")
