@@ -375,7 +375,9 @@ async def test_atom_embed_now_search_filters_and_similar(stack: Stack) -> None:
     assert await search(topic_id=str(topic)) == set(ids[1:3])
     assert await search(types=["problem"], topic_id=str(topic)) == {ids[1]}
 
-    similar = await stack.call("GET", f"/semantic_search/atoms/{ids[0]}/similar", TokenScope.search)
+    similar = await stack.call(
+        "GET", f"/semantic_search/atoms/{ids[0]}/similar", TokenScope.search, params={"limit": 100}
+    )
     hits = [hit["id"] for hit in similar.json()["results"]]
     assert len(hits) >= 3 and set(ids[1:]) <= set(hits) and ids[0] not in hits
 
