@@ -131,7 +131,15 @@ def _peak_rss(pipeline: Pipeline, args: list[str]) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _, status, usage = os.wait4(process.pid, 0)
+    deadline = time.monotonic() + 300
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"backfill {args} still running after 300 s")
+        time.sleep(0.1)
     process.returncode = os.waitstatus_to_exitcode(status)
     assert process.returncode == 0
     return usage.ru_maxrss * 1024  # kilobytes on Linux
