@@ -391,3 +391,39 @@ async def test_search_offset_900_is_the_last_page_and_901_is_refused(stack: Stac
     body["offset"] = 901
     over = await stack.call("POST", "/semantic_search/messages", TokenScope.search, json=body)
     assert over.status_code == 422 and "offset" in over.json()["error"]
+
+
+async def test_an_unknown_or_inactive_provider_id_is_refused_and_nothing_is_queued(
+    stack: Stack,
+) -> None:
+    """Not queued to fail in the worker: 404 for an unknown id, 422 naming an inactive one."""
+    created = await stack.call(
+        "POST",
+        "/providers",
+        TokenScope.admin,
+        json={
+            "name": f"off-{uuid.uuid4().hex[:6]}",
+            "type": "openai",
+            "base_url": stack.stub.base_url,
+            "embedding_model": "text-embedding-3-small",
+            "embedding_dimensions": DIMS,
+        },
+    )
+    off = created.json()
+    await stack.call(
+        "PATCH", f"/providers/{off['id']}", TokenScope.admin, json={"is_active": False}
+    )
+    ids = await _insert_atoms(stack, f"refused-{uuid.uuid4().hex[:6]}", ["risk"])
+    unknown = uuid.uuid4()
+    for provider_id, status, error in (
+        (unknown, 404, f"provider {unknown} not found"),
+        (off["id"], 422, f"provider {off['name']!r} is not active"),
+    ):
+        body = {"ids": ids, "provider_id": str(provider_id)}
+        refused = await stack.call("POST", "/embeddings/atoms/batch", json=body)
+        assert refused.status_code == status, refused.text
+        assert refused.json()["error"] == error
+    queued = await stack.scalar(
+        "SELECT embedding_queued_at FROM atoms WHERE id = CAST(:id AS uuid)", id=ids[0]
+    )
+    assert queued is None, "nothing was published"
