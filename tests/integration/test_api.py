@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -29,11 +30,23 @@ def stub() -> Iterator[OpenAIStub]:
         yield server
 
 
+ApiFixture = tuple[httpx.AsyncClient, AsyncEngine, AppState]
+
+
 @pytest.fixture
 async def api(
     make_db: Callable[[], str], stub: OpenAIStub, nats_url: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, AsyncEngine, AppState]]:
-    url = make_db()
+) -> AsyncIterator[ApiFixture]:
+    async with open_api(make_db(), stub, nats_url) as opened:
+        yield opened
+
+
+@asynccontextmanager
+async def open_api(
+    url: str, stub: OpenAIStub, nats_url: str, **extra: object
+) -> AsyncIterator[ApiFixture]:
+    """The app over ASGITransport with its state set by hand (no broker: reads and limits only;
+    tests/integration/test_api_through_the_broker.py drives the write path through the lifespan)."""
     settings = Settings(
         database_url=url,
         nats_url=nats_url,
@@ -43,6 +56,7 @@ async def api(
         embedding_base_url=stub.base_url,
         embedding_api_key=KEY,  # type: ignore[arg-type]
         embedding_dimensions=384,
+        **extra,  # type: ignore[arg-type]
     )
     app = create_app(settings)
     engine = create_async_engine(to_asyncpg_url(url))
@@ -51,14 +65,16 @@ async def api(
     async with state.sessions() as session:
         token, _ = await token_service.create_token(session, TokenScope.admin, "test_api")
         await session.commit()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://test",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
-        yield client, engine, state
-    await state.close()
-    await engine.dispose()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            yield client, engine, state
+    finally:
+        await state.close()
+        await engine.dispose()
 
 
 async def embed_all(state: AppState, engine: AsyncEngine) -> None:
@@ -72,7 +88,7 @@ async def embed_all(state: AppState, engine: AsyncEngine) -> None:
 
 
 async def test_ingest_search_and_status(
-    api: tuple[httpx.AsyncClient, AsyncEngine, AppState],
+    api: ApiFixture,
 ) -> None:
     client, engine, state = api
     body = {
@@ -112,7 +128,7 @@ async def test_ingest_search_and_status(
 
 
 async def test_hybrid_finds_an_exact_code(
-    api: tuple[httpx.AsyncClient, AsyncEngine, AppState],
+    api: ApiFixture,
 ) -> None:
     client, engine, state = api
     messages = [
@@ -139,7 +155,7 @@ async def test_hybrid_finds_an_exact_code(
 
 
 async def test_similar_messages_exclude_the_message_itself(
-    api: tuple[httpx.AsyncClient, AsyncEngine, AppState],
+    api: ApiFixture,
 ) -> None:
     client, engine, state = api
     created = await client.post(
@@ -149,11 +165,17 @@ async def test_similar_messages_exclude_the_message_itself(
         },
     )
     await embed_all(state, engine)
-    first = created.json()["ids"][0]
+    first, *others = created.json()["ids"]
     similar = await client.get(
         f"/api/v1/semantic_search/messages/{first}/similar", params={"limit": 3}
     )
-    assert similar.status_code == 200 and first not in [r["id"] for r in similar.json()["results"]]
+    assert similar.status_code == 200, similar.text
+    hits = [r["id"] for r in similar.json()["results"]]
+    assert len(hits) == 3 and set(hits) <= set(others), hits
+    everyone = await client.get(
+        f"/api/v1/semantic_search/messages/{first}/similar", params={"limit": 10}
+    )
+    assert sorted(r["id"] for r in everyone.json()["results"]) == sorted(others)
     assert (
         await client.get(f"/api/v1/semantic_search/messages/{uuid.uuid4()}/similar")
     ).status_code == 404
@@ -171,7 +193,7 @@ async def test_similar_messages_exclude_the_message_itself(
     ],
 )
 async def test_bad_search_input_is_a_422_naming_the_field(
-    api: tuple[httpx.AsyncClient, AsyncEngine, AppState], body: dict[str, object], field: str
+    api: ApiFixture, body: dict[str, object], field: str
 ) -> None:
     client, _, _ = api
     if body.get("query") == "a\\u0000b":
@@ -182,7 +204,7 @@ async def test_bad_search_input_is_a_422_naming_the_field(
 
 
 async def test_nul_in_message_content_is_422_and_nothing_is_written(
-    api: tuple[httpx.AsyncClient, AsyncEngine, AppState],
+    api: ApiFixture,
 ) -> None:
     client, engine, _ = api
     response = await client.post(
@@ -193,14 +215,14 @@ async def test_nul_in_message_content_is_422_and_nothing_is_written(
         assert (await conn.execute(text("SELECT count(*) FROM messages"))).scalar_one() == 0
 
 
-async def test_unknown_ids_are_404(api: tuple[httpx.AsyncClient, AsyncEngine, AppState]) -> None:
+async def test_unknown_ids_are_404(api: ApiFixture) -> None:
     client, _, _ = api
     assert (await client.get(f"/api/v1/messages/{uuid.uuid4()}")).status_code == 404
     assert (await client.get("/api/v1/messages/not-a-uuid")).status_code == 422
 
 
 async def test_provider_key_is_encrypted_and_never_returned(
-    api: tuple[httpx.AsyncClient, AsyncEngine, AppState],
+    api: ApiFixture,
     stub: OpenAIStub,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -233,8 +255,71 @@ async def test_provider_key_is_encrypted_and_never_returned(
     assert "sk-wrong-key" not in failed.text and KEY not in caplog.text
 
 
-async def test_liveness_and_readiness(api: tuple[httpx.AsyncClient, AsyncEngine, AppState]) -> None:
+async def test_liveness_and_readiness(api: ApiFixture) -> None:
     client, _, _ = api
     assert (await client.get("/api/v1/health/live")).status_code == 200
     ready = await client.get("/api/v1/health/ready")
-    assert ready.json()["checks"]["database"] == "ok"
+    checks = ready.json()["checks"]
+    assert checks["database"] == "ok"
+    assert ready.status_code == (200 if set(checks.values()) == {"ok"} else 503), ready.text
+
+
+async def test_extract_has_a_rate_limit_group_of_its_own(
+    make_db: Callable[[], str], stub: OpenAIStub, nats_url: str
+) -> None:
+    """Past RATE_LIMIT_EXTRACT_PER_MINUTE a token gets 429 with Retry-After; search still answers."""
+    async with open_api(make_db(), stub, nats_url, rate_limit_extract_per_minute=2) as opened:
+        client = opened[0]
+        body = {"message_ids": [str(uuid.uuid4())]}
+        for _ in range(2):
+            assert (await client.post("/api/v1/knowledge/extract", json=body)).status_code == 202
+        limited = await client.post("/api/v1/knowledge/extract", json=body)
+        assert limited.status_code == 429, limited.text
+        assert limited.json()["error"].startswith(
+            "rate limit exceeded: 2 extract requests a minute per token"
+        )
+        assert int(limited.headers["retry-after"]) >= 1
+        search = {"query": "anything", "limit": 1}
+        assert (
+            await client.post("/api/v1/semantic_search/messages", json=search)
+        ).status_code == 200
+
+
+async def test_one_default_provider_and_the_status_follows_it(
+    api: ApiFixture, stub: OpenAIStub
+) -> None:
+    """is_default moves between providers (never two); an inactive default falls back to the
+    settings' provider (resolution: provider_id, else the active default, else the settings)."""
+    client, _, _ = api
+
+    async def create(name: str) -> str:
+        body = {
+            "name": name,
+            "type": "openai",
+            "base_url": stub.base_url,
+            "api_key": KEY,
+            "embedding_model": f"model-{name}",
+            "embedding_dimensions": 384,
+            "is_default": True,
+        }
+        created = await client.post("/api/v1/providers", json=body)
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
+    async def defaults() -> list[str]:
+        listed = (await client.get("/api/v1/providers")).json()
+        return [row["name"] for row in listed if row["is_default"]]
+
+    async def status_provider() -> str:
+        return str((await client.get("/api/v1/embeddings/status")).json()["provider"]["name"])
+
+    assert await status_provider() == "settings:openai"
+    first = await create("first")
+    assert await status_provider() == "first"
+    await create("second")
+    assert await defaults() == ["second"]
+    patched = await client.patch(f"/api/v1/providers/{first}", json={"is_default": True})
+    assert patched.status_code == 200 and await defaults() == ["first"]
+    assert await status_provider() == "first"
+    await client.patch(f"/api/v1/providers/{first}", json={"is_active": False})
+    assert await status_provider() == "settings:openai"

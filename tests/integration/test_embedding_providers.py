@@ -37,7 +37,8 @@ def service(
     *,
     kind: str = "openai",
     key: str = KEY,
-    timeout: float = 5.0,
+    # Far above any answer of the stub on a loaded machine: exact request counts stay exact.
+    timeout: float = 30.0,
     **kwargs: object,
 ) -> EmbeddingService:
     base = stub.base_url if kind == "openai" else stub.ollama_url
@@ -98,6 +99,7 @@ async def test_over_long_input_is_truncated_not_rejected(stub: OpenAIStub) -> No
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_429_with_retry_after_is_honoured(stub: OpenAIStub, kind: str) -> None:
+    """The retry waits at least the server's Retry-After (load can only make it later)."""
     stub.script({"status": 429, "retry_after": 1})
     svc = service(stub, kind=kind)
     began = time.perf_counter()
@@ -105,30 +107,40 @@ async def test_429_with_retry_after_is_honoured(stub: OpenAIStub, kind: str) -> 
     elapsed = time.perf_counter() - began
     await svc.aclose()
     assert outcomes[0].vector is not None
-    assert 0.95 <= elapsed < 3 and stub.stats()["requests"] == 2
+    assert elapsed >= 0.95 and stub.stats()["requests"] == 2
 
 
 async def test_retry_after_beyond_the_cap_fails_now_for_a_later_retry(stub: OpenAIStub) -> None:
+    """An hour's Retry-After is not slept in the request: it fails at once, carrying the delay."""
     stub.script({"status": 429, "retry_after": 3600})
     svc = service(stub)
     began = time.perf_counter()
     with pytest.raises(EmbeddingProviderError) as info:
         await svc.embed_documents(["hello"])
     await svc.aclose()
-    assert time.perf_counter() - began < 2 and stub.stats()["requests"] == 1
+    assert time.perf_counter() - began < 60 and stub.stats()["requests"] == 1
     assert info.value.retryable and info.value.retry_after == 3600
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("step", [500, 503, {"hang": 1.5}])
-async def test_server_errors_and_timeouts_are_retried(
-    stub: OpenAIStub, step: object, kind: str
-) -> None:
+@pytest.mark.parametrize("step", [500, 503])
+async def test_server_errors_are_retried_once_each(stub: OpenAIStub, step: int, kind: str) -> None:
     stub.script(step)
-    svc = service(stub, kind=kind, timeout=0.5)
+    svc = service(stub, kind=kind)
     outcomes = await svc.embed_documents(["hello"])
     await svc.aclose()
     assert outcomes[0].vector is not None and stub.stats()["requests"] == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_timed_out_request_is_retried(stub: OpenAIStub, kind: str) -> None:
+    """A request the server holds past the client timeout is retried and then succeeds."""
+    stub.script({"hang": 8})
+    svc = service(stub, kind=kind, timeout=2.0)
+    outcomes = await svc.embed_documents(["hello"])
+    await svc.aclose()
+    # At least one retry; on a starved machine a later answer may time out too and be retried.
+    assert outcomes[0].vector is not None and stub.stats()["requests"] >= 2
 
 
 async def test_retries_stop_at_the_bound(stub: OpenAIStub) -> None:
@@ -213,11 +225,12 @@ async def test_a_rejected_input_is_isolated_and_the_rest_embedded(
 
 
 async def test_concurrency_is_bounded(stub: OpenAIStub) -> None:
-    stub.set_latency(ms=50)
+    """Never more than max_concurrency requests in flight, and requests do overlap."""
+    stub.set_latency(ms=300)
     svc = service(stub, batch_size=5, max_concurrency=3)
     await svc.embed_documents([f"t{i}" for i in range(60)])
     await svc.aclose()
-    assert stub.stats()["max_concurrent"] == 3
+    assert 2 <= stub.stats()["max_concurrent"] <= 3
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])

@@ -56,14 +56,26 @@ def test_key_file_is_created_once_with_mode_0600(
 
 
 def test_racing_creators_agree_on_one_key(tmp_path: Path) -> None:
+    """Creators started together each use the key they read back, and it is the published one:
+    a token any of them encrypted decrypts with the surviving file."""
     path = tmp_path / "secret.key"
-    threads = [threading.Thread(target=security._create_key_file, args=(path,)) for _ in range(8)]
+    start = threading.Barrier(8)
+    tokens: list[bytes] = []
+
+    def create_then_encrypt() -> None:
+        start.wait(30)
+        security._create_key_file(path)
+        tokens.append(Fernet(path.read_bytes().strip()).encrypt(PLAIN.encode()))
+
+    threads = [threading.Thread(target=create_then_encrypt) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    Fernet(path.read_bytes())
-    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]
+        thread.join(60)
+    survivor = Fernet(path.read_bytes().strip())
+    assert len(tokens) == 8
+    assert all(survivor.decrypt(token).decode() == PLAIN for token in tokens)
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"], "no draft left behind"
 
 
 def test_secret_key_setting_is_used_and_a_wrong_one_cannot_decrypt(

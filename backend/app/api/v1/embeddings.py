@@ -22,7 +22,7 @@ from app.schemas.embeddings import (
     IndexOut,
     ProviderInfo,
 )
-from app.services import status_service
+from app.services import provider_service, status_service
 from app.services.embedding_jobs import DbRetry, embed_rows
 from app.services.embedding_queue import PendingFilter, needing_embedding, pending_pages, publish
 from app.services.entities import ATOMS, MESSAGES, Entity
@@ -65,11 +65,20 @@ async def embedding_status(state: StateDep, session: SessionDep) -> EmbeddingSta
 
 
 async def _enqueue(
-    state: StateDep, entity: Entity, body: EnqueueRequest, granted: TokenScope
+    state: StateDep,
+    session: SessionDep,
+    entity: Entity,
+    body: EnqueueRequest,
+    granted: TokenScope,
 ) -> EnqueueResponse:
     # Queueing every row without a current embedding is a backfill: admin only.
     if body.all_missing and not granted.covers(TokenScope.admin):
         raise forbidden(TokenScope.admin, granted)
+    if body.provider_id is not None:
+        # Refused here (404 unknown, 422 inactive or not fitting the column), not queued to fail
+        # in the worker while the rows wait for the sweeper.
+        spec = await provider_service.resolve_spec(session, body.provider_id, state.settings)
+        await provider_service.check_fits_column(session, spec)
     enqueue = enqueuer(str(body.provider_id) if body.provider_id else None)
     batch = state.settings.task_batch_size
     queued = failed = skipped = 0
@@ -88,16 +97,18 @@ async def _enqueue(
 
 @router.post("/messages/batch", summary="Queue message embeddings")
 async def enqueue_messages(
-    granted: Granted, body: EnqueueRequest, state: StateDep
+    granted: Granted, body: EnqueueRequest, state: StateDep, session: SessionDep
 ) -> EnqueueResponse:
     """Queue embedding tasks for the given message ids, or (admin) every message needing one."""
-    return await _enqueue(state, MESSAGES, body, granted)
+    return await _enqueue(state, session, MESSAGES, body, granted)
 
 
 @router.post("/atoms/batch", summary="Queue atom embeddings")
-async def enqueue_atoms(granted: Granted, body: EnqueueRequest, state: StateDep) -> EnqueueResponse:
+async def enqueue_atoms(
+    granted: Granted, body: EnqueueRequest, state: StateDep, session: SessionDep
+) -> EnqueueResponse:
     """Queue embedding tasks for the given atom ids, or (admin) every atom needing one."""
-    return await _enqueue(state, ATOMS, body, granted)
+    return await _enqueue(state, session, ATOMS, body, granted)
 
 
 async def _embed_now(
