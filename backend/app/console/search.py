@@ -99,7 +99,7 @@ async def _query(state: AppState, entity: Entity, form: SearchForm) -> search.Se
     else:
         filters = search.SearchFilters(channel=body.channel, author=body.author)
     with observe_search(entity.name, body.mode):
-        async with state.sessions() as session:
+        async with state.reads.session() as session:
             entry = await state.registry.get(session)
             vector = await entry.service.embed_query(body.query)
             page = await search.search(
@@ -122,7 +122,7 @@ async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.
     except ValueError:
         raise AppError(f"similar: {form.similar!r} is not an id", status_code=422) from None
     with observe_search(entity.name, "similar"):
-        async with state.sessions() as session:
+        async with state.reads.session() as session:
             vector = await search.embedding_of(session, entity, row_id)
             page = await search.search(
                 session,
@@ -138,5 +138,7 @@ async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.
 
 def _tuning(state: AppState) -> search.SearchTuning:
     return search.SearchTuning(
-        ef_search=state.settings.hnsw_ef_search, max_scan_tuples=state.settings.hnsw_max_scan_tuples
+        ef_search=state.settings.hnsw_ef_search,
+        max_scan_tuples=state.settings.hnsw_max_scan_tuples,
+        index_min_rows=state.settings.search_index_min_rows,
     )
