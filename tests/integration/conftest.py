@@ -66,6 +66,33 @@ class Pipeline:
             ).one()
         return int(row[0]), int(row[1])
 
+    async def wait_queue_drained(self, timeout: float = 60.0) -> None:
+        """Until the workers' durable consumer has nothing pending nor unacknowledged."""
+        import nats
+
+        client = await nats.connect(self.env["NATS_URL"])
+        stream = self.env["NATS_STREAM"]
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                info = await client.jetstream().consumer_info(stream, f"{stream}-worker")
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+        raise AssertionError(f"the stream {stream} still has work after {timeout}s")
+
+    async def wait_for(self, sql: str, timeout: float = 60.0) -> None:
+        """Until `sql` returns true."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with self.engine.connect() as conn:
+                if (await conn.execute(text(sql))).scalar():
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not true within {timeout}s: {sql}")
+
     async def wait_current(self, table: str, expected: int, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -154,7 +154,9 @@ def live_api(make_db: Callable[[], str], nats_url: str) -> Iterator[tuple[str, d
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
+        deadline = time.monotonic() + 60
         while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}", headers
         server.should_exit = True

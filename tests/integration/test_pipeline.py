@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,9 @@ async def test_worker_killed_mid_batch_is_redelivered_and_edits_win(pipeline: Pi
     pipeline.stub.set_latency(ms=300)  # slow enough to kill the worker while batches are in flight
     worker = pipeline.worker("--no-sweeper")
     await pipeline.enqueue_all(MESSAGES)
+    deadline = time.monotonic() + 60
     while pipeline.stub.stats()["requests"] < 2:
+        assert time.monotonic() < deadline, "the worker sent no batch within 60 s"
         await asyncio.sleep(0.05)
     worker.kill()
     # Edit some rows while nothing runs: their old text must never get a vector.
@@ -110,10 +113,13 @@ async def test_bad_rows_are_parked_and_the_rest_of_the_batch_embedded(pipeline: 
     pipeline.stub.reject_substring("POISON")
     pipeline.env["EMBEDDING_MAX_ATTEMPTS"] = "2"
     pipeline.worker("--no-sweeper")
-    for _ in range(2):  # two rounds: each bad row fails twice and is parked
+    for attempt in (1, 2):  # two rounds: each bad row fails twice and is parked
         await pipeline.enqueue_all(MESSAGES)
         await pipeline.wait_current("messages", 98)
-        await asyncio.sleep(1.0)
+        await pipeline.wait_for(
+            "SELECT count(*) = 2 AND min(embedding_attempts) >= "
+            f"{attempt} FROM messages WHERE embedding IS NULL"
+        )
 
     async with pipeline.engine.connect() as conn:
         rows = (
@@ -167,7 +173,7 @@ async def test_two_workers_embed_each_text_exactly_once(pipeline: Pipeline) -> N
     await pipeline.enqueue_all(MESSAGES)
 
     await pipeline.wait_current("messages", 600)
-    await asyncio.sleep(1.0)  # let duplicates drain
+    await pipeline.wait_queue_drained()  # every duplicate delivered and acknowledged
 
     counts = pipeline.stub.stats()["text_counts"]
     assert len(counts) == 600
