@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -88,9 +89,7 @@ async def _app_cell(
     from app.services.entities import MESSAGES
     from app.services.semantic_search_service import SearchTuning, explain_vector_page, search
 
-    tuning = SearchTuning(
-        ef, settings.hnsw_max_scan_tuples, index_min_rows=settings.search_index_min_rows
-    )
+    tuning = replace(SearchTuning.from_settings(settings), ef_search=ef)
     plan = await explain_vector_page(
         session, MESSAGES, data.queries[0], limit=base.K, offset=offset, tuning=tuning
     )

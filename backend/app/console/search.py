@@ -110,7 +110,7 @@ async def _query(state: AppState, entity: Entity, form: SearchForm) -> search.Se
                 limit=body.limit,
                 filters=filters,
                 mode=body.mode,
-                tuning=_tuning(state),
+                tuning=search.SearchTuning.from_settings(state.settings),
             )
             await session.commit()
     return page
@@ -129,16 +129,8 @@ async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.
                 entity,
                 vector,
                 limit=max(1, min(form.limit, 100)),
-                tuning=_tuning(state),
+                tuning=search.SearchTuning.from_settings(state.settings),
                 exclude=row_id,
             )
             await session.commit()
     return page
-
-
-def _tuning(state: AppState) -> search.SearchTuning:
-    return search.SearchTuning(
-        ef_search=state.settings.hnsw_ef_search,
-        max_scan_tuples=state.settings.hnsw_max_scan_tuples,
-        index_min_rows=state.settings.search_index_min_rows,
-    )

@@ -25,6 +25,7 @@ from pgvector import Vector
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.core.config import Settings
 from app.core.errors import NotFoundError, ValidationError
 from app.db import SEARCH_SETTINGS_INFO, search_settings
 from app.services.entities import ATOMS, MESSAGES, Entity
@@ -120,6 +121,14 @@ class SearchTuning:
     # From this many rows on, a table whose HNSW index is valid is always searched through it;
     # below, the planner may choose an exact scan (as fast there, and exact).
     index_min_rows: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SearchTuning:
+        """The configured search settings (HNSW_EF_SEARCH, HNSW_MAX_SCAN_TUPLES,
+        SEARCH_INDEX_MIN_ROWS): every caller that searches for users reads them here."""
+        return cls(
+            settings.hnsw_ef_search, settings.hnsw_max_scan_tuples, settings.search_index_min_rows
+        )
 
 
 # The planner prices an HNSW scan by ef_search: a deep page (ef_search raised to limit +

@@ -30,14 +30,6 @@ router = APIRouter(
 )
 
 
-def _tuning(state: StateDep) -> search.SearchTuning:
-    return search.SearchTuning(
-        ef_search=state.settings.hnsw_ef_search,
-        max_scan_tuples=state.settings.hnsw_max_scan_tuples,
-        index_min_rows=state.settings.search_index_min_rows,
-    )
-
-
 def _response(query: str, page: search.SearchPage, started: float) -> SearchResponse:
     return SearchResponse(
         query=query,
@@ -89,7 +81,7 @@ async def _search(
             threshold=body.threshold,
             filters=filters,
             mode=body.mode,
-            tuning=_tuning(state),
+            tuning=search.SearchTuning.from_settings(state.settings),
         )
     await session.commit()
     return _response(body.query, page, started)
@@ -137,7 +129,7 @@ async def _similar(
             vector,
             limit=limit,
             threshold=threshold,
-            tuning=_tuning(state),
+            tuning=search.SearchTuning.from_settings(state.settings),
             exclude=row_id,
         )
     await session.commit()
