@@ -89,29 +89,32 @@ class VectorIndex:
         """SELECT yielding a DROP statement when an index of this name exists but is wrong."""
         return (
             "SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname) "
-            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
-            f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema() "
-            f"AND NOT ({self.matches_sql})"
+            f"{self._catalog} AND NOT ({self.matches_sql})"
         )
 
     @property
     def state_sql(self) -> str:
         """SELECT exists, valid, ready, right-definition for this index."""
-        return (
-            f"SELECT i.indisvalid, i.indisready, ({self.matches_sql}) AS matches, "
-            "pg_get_indexdef(c.oid) "
-            "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
-            f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema()"
-        )
+        return f"SELECT {self._state_columns} {self._catalog}"
 
     @property
     def report_sql(self) -> str:
         """state_sql plus the index's size and the note of its last build (its comment)."""
         return (
-            f"SELECT i.indisvalid, i.indisready, ({self.matches_sql}) AS matches, "
-            "pg_get_indexdef(c.oid), pg_relation_size(c.oid), obj_description(c.oid, 'pg_class') "
+            f"SELECT {self._state_columns}, pg_relation_size(c.oid), "
+            f"obj_description(c.oid, 'pg_class') {self._catalog}"
+        )
+
+    @property
+    def _state_columns(self) -> str:
+        return (
+            f"i.indisvalid, i.indisready, ({self.matches_sql}) AS matches, pg_get_indexdef(c.oid)"
+        )
+
+    @property
+    def _catalog(self) -> str:
+        """FROM and WHERE finding this index in the current schema."""
+        return (
             "FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam "
             f"WHERE c.relname = '{self.name}' AND n.nspname = current_schema()"
@@ -120,13 +123,16 @@ class VectorIndex:
     @property
     def progress_sql(self) -> str:
         """A build running on this index's table now: phase, counters, elapsed seconds."""
-        return (
-            "SELECT p.phase, p.tuples_done, p.tuples_total, p.blocks_done, p.blocks_total, "
-            "p.lockers_done, p.lockers_total, "
-            "extract(epoch FROM clock_timestamp() - a.query_start)::float8 "
-            "FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid "
-            f"WHERE p.relid = '{self.table}'::regclass"
-        )
+        return f"{PROGRESS_SELECT} WHERE p.relid = '{self.table}'::regclass"
+
+
+# A build's progress: phase, tuples, blocks, lockers, seconds since its statement began.
+PROGRESS_SELECT = (
+    "SELECT p.phase, p.tuples_done, p.tuples_total, p.blocks_done, p.blocks_total, "
+    "p.lockers_done, p.lockers_total, "
+    "extract(epoch FROM clock_timestamp() - a.query_start)::float8 AS elapsed "
+    "FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid"
+)
 
 
 VECTOR_INDEXES = (

@@ -17,16 +17,12 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 import asyncpg
 
+from app.core.vector_indexes import PROGRESS_SELECT
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PROGRESS_SQL = """
-SELECT p.phase, p.tuples_done, p.tuples_total, p.blocks_done, p.blocks_total,
-       p.lockers_done, p.lockers_total,
-       extract(epoch FROM clock_timestamp() - a.query_start)::float8 AS elapsed
-FROM pg_stat_progress_create_index p JOIN pg_stat_activity a ON a.pid = p.pid
-WHERE p.pid = $1
-"""
+PROGRESS_SQL = f"{PROGRESS_SELECT} WHERE p.pid = $1"
 
 
 @dataclass(frozen=True)
