@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from tests.services import NatsProcess, PostgresForTests, start_postgres
+from testkit.launchers import NatsProcess, PostgresForTests, start_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _TMP = Path(tempfile.mkdtemp(prefix="tasktracker-tests-"))

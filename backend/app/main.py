@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api.auth import LoopbackHostOnly, is_loopback
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.v1.router import api_router
+from app.api.router import api_router
+from app.auth.dependencies import LoopbackHostOnly, is_loopback
 from app.console.routes import console_routes
 from app.core.config import Settings, get_settings
 from app.core.errors import ConfigurationError

@@ -2,7 +2,7 @@
 
     uv run python backend/scripts/backfill_embeddings.py [--dry-run] [--inline] [--wait] ...
 
-A thin caller of `tasktracker backfill` (app.commands.backfill); `--help` lists the options.
+A thin caller of `tasktracker backfill` (app.cli.backfill); `--help` lists the options.
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.api.state import AppState
+from app.auth import token_service
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
+from app.embedding.entities import MESSAGES
+from app.embedding.jobs import embed_rows
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from app.services.embedding_jobs import embed_rows
-from app.services.entities import MESSAGES
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 KEY = "sk-api-test-secret-123456"
 

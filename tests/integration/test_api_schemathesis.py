@@ -28,13 +28,13 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from app.auth import token_service
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.urls import to_asyncpg_url
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.slow
 

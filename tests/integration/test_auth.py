@@ -20,7 +20,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import text
 
 from app.api.state import AppState
-from app.commands.tokens import SCOPES
+from app.auth import token_service
+from app.cli.token import SCOPES
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.errors import ConfigurationError
@@ -28,8 +29,7 @@ from app.core.log import RedactSecrets
 from app.core.supervisor import api_child, stop_all
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 KEY = "sk-auth-test-secret-123456"
 REPO = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from app.core.embedded import free_port
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.slow
 

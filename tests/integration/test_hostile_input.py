@@ -23,12 +23,12 @@ from sqlalchemy import text
 
 from app.api.limits import RateLimiter, RouteGroup
 from app.api.state import AppState
+from app.auth import token_service
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 KEY = "sk-hostile-test-secret-123456"
 MIB = 1024 * 1024

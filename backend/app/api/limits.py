@@ -169,7 +169,7 @@ class RateLimited(Exception):
 
 
 def caller_of(request: Request) -> str:
-    """Whom a request counts against: the token app.api.auth admitted, else the client address."""
+    """Whom a request counts against: the token app.auth.dependencies admitted, else the client address."""
     caller = getattr(request.state, "caller", None)
     if isinstance(caller, str):
         return caller

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.api.limits import RateLimiter
 from app.core.config import Settings
 from app.db import create_engine, session_factory
+from app.embedding.registry import EmbeddingRegistry
 from app.replica import ReadRouter
-from app.services.embedding_registry import EmbeddingRegistry
-from app.tasks.broker import broker
+from app.worker.broker import broker
 
 logger = logging.getLogger(__name__)
 

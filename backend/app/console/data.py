@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from app.api.state import AppState
 from app.core.errors import AppError
+from app.embedding import status as status_service
+from app.embedding.entities import ENTITIES
+from app.embedding.parked import FailedRow, failed_rows
 from app.indexes.status import IndexReport, index_reports
 from app.observability.queue import QueueState, queue_state
-from app.services import status_service
-from app.services.entities import ENTITIES
-from app.services.parked_rows import FailedRow, failed_rows
-from app.tasks.broker import broker
+from app.worker.broker import broker
 
 
 @dataclass(frozen=True)

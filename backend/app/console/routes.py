@@ -14,14 +14,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from app.api.auth import scope_of
 from app.api.state import AppState
+from app.auth.dependencies import scope_of
 from app.console import auth, data
 from app.console import search as console_search
 from app.core.enums import AtomType
-from app.services.entities import ENTITIES
-from app.services.parked_rows import retry_rows
-from app.tasks.embedding_tasks import enqueuer
+from app.embedding.entities import ENTITIES
+from app.embedding.parked import retry_rows
+from app.embedding.tasks import enqueuer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")

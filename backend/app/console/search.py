@@ -12,10 +12,10 @@ from pydantic import ValidationError as PydanticValidationError
 
 from app.api.state import AppState
 from app.core.errors import AppError
+from app.embedding.entities import ATOMS, MESSAGES, Entity
 from app.observability.metrics import observe_search
-from app.schemas.search import AtomSearchRequest, MessageSearchRequest
-from app.services import semantic_search_service as search
-from app.services.entities import ATOMS, MESSAGES, Entity
+from app.search import semantic_search_service as search
+from app.search.schemas import AtomSearchRequest, MessageSearchRequest
 
 
 @dataclass

@@ -30,7 +30,8 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.commands.tokens import curl_example
+from app.auth import token_service
+from app.auth.curl import curl_example
 from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
@@ -39,14 +40,14 @@ from app.core.supervisor import Child, api_child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url, to_libpq_url, with_database
 from app.db import create_engine, session_factory
 from app.demo import loader
+from app.embedding import status as status_service
+from app.embedding.backfill import BackfillPlan, run_backfill
+from app.embedding.embedding_service import EmbeddingService
+from app.embedding.entities import ENTITIES, MESSAGES
+from app.embedding.provider_service import spec_from_settings
+from app.embedding.providers import ProviderSpec, build_provider
 from app.models.api_token import TokenScope
-from app.services import semantic_search_service as search
-from app.services import status_service, token_service
-from app.services.backfill_service import BackfillPlan, run_backfill
-from app.services.embedding_service import EmbeddingService
-from app.services.embeddings import ProviderSpec, build_provider
-from app.services.entities import ENTITIES, MESSAGES
-from app.services.provider_service import spec_from_settings
+from app.search import semantic_search_service as search
 
 DEMO_DATABASE = "tasktracker_demo"
 QUERY = "bug fix"
@@ -361,8 +362,8 @@ async def wait_for_coverage(demo: Demo, label: str) -> float:
 
 async def step_backfill(demo: Demo) -> None:
     demo.step(3, "The backfill through NATS JetStream and a worker process")
-    from app.tasks.broker import broker
-    from app.tasks.embedding_tasks import enqueuer
+    from app.embedding.tasks import enqueuer
+    from app.worker.broker import broker
 
     assert demo.engine is not None
     start_worker(demo)
@@ -391,8 +392,8 @@ async def step_backfill(demo: Demo) -> None:
 
 async def step_hook(demo: Demo) -> None:
     demo.step(4, "New messages arrive; extraction runs; the hook embeds what it made")
-    from app.tasks.broker import broker
-    from app.tasks.knowledge_tasks import extract_knowledge_from_messages_task
+    from app.knowledge.tasks import extract_knowledge_from_messages_task
+    from app.worker.broker import broker
 
     assert demo.engine is not None
     incoming = loader.read_jsonl("incoming.jsonl")

@@ -127,7 +127,7 @@ class EmbeddedMixin(SQLModel):
     embedding_attempts: int = Field(
         default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0", "nullable": False}
     )
-    # The lease of the task embedding the row now (app.services.embedding_jobs): who, until when.
+    # The lease of the task embedding the row now (app.embedding.jobs): who, until when.
     embedding_claimed_by: str | None = Field(default=None, sa_type=Text)
     embedding_claim_expires_at: datetime | None = Field(
         default=None,

@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.api.auth import auth_waived, scope_of
 from app.api.state import AppState
+from app.auth.dependencies import auth_waived, scope_of
 from app.observability.scrape import refresh
 
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import AppError
+from app.embedding import status as status_service
 from app.observability import metrics as m
 from app.observability.queue import queue_state
-from app.services import status_service
-from app.tasks.broker import broker
+from app.worker.broker import broker
 
 if TYPE_CHECKING:
     from app.api.state import AppState
