@@ -175,11 +175,11 @@ async def ours(
     warmup: int = 0,
 ) -> Rate:
     """Through the real queue and worker processes."""
+    from app.broker import build_broker, worker_seen
     from app.db import create_engine
     from app.embedding.backfill import BackfillPlan, run_backfill
     from app.embedding.entities import MESSAGES
     from app.embedding.tasks import enqueuer
-    from app.worker.broker import build_broker, worker_seen
 
     env = {
         "DATABASE_URL": url,

@@ -224,12 +224,12 @@ async def hook_cost(settings: Settings, url: str, *, rounds: int) -> dict[str, A
     """The extraction task's time with and without the embedding hook (offline extractor)."""
     from sqlalchemy import text
 
+    from app.broker import build_broker
     from app.db import create_engine, session_factory
     from app.demo.loader import insert_messages, read_jsonl
     from app.knowledge.extraction_service import extract_and_save
     from app.knowledge.offline_extractor import OfflineExtractor
     from app.knowledge.tasks import queue_embeddings
-    from app.worker.broker import build_broker
 
     messages = [dict(m, extracted=False) for m in read_jsonl("messages.jsonl")]
     engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=2)

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
 from app.embedding.entities import Entity
 from app.embedding.queue import PendingFilter, pending_pages, publish
 from app.embedding.tasks import enqueuer
-from app.worker.broker import build_broker
 from testkit.launchers import WorkerProcess
 from testkit.stubs.openai_stub import OpenAIStub
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from app.broker import build_broker
 from app.core.config import Settings
 from app.knowledge.extraction_service import extract_and_save
 from app.knowledge.offline_extractor import OfflineExtractor
 from app.knowledge.tasks import queue_embeddings
-from app.worker.broker import build_broker
 from testkit.stubs.chat_stub import ChatStub
 from tests.integration.conftest import Pipeline, insert_messages
 

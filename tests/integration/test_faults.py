@@ -25,13 +25,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.api.state import AppState
 from app.auth import token_service
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
 from app.embedding.entities import MESSAGES
 from app.embedding.tasks import embed_messages_batch_task
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.worker.broker import build_broker
 from bench.faults import LocalPostgres
 from testkit.launchers import NatsProcess
 from testkit.stubs.openai_stub import OpenAIStub

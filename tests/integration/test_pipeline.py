@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from app.broker import build_broker
 from app.embedding.entities import ATOMS, MESSAGES
 from app.embedding.queue import PendingFilter, pending_pages, publish
 from app.embedding.tasks import enqueuer
-from app.worker.broker import build_broker
 from testkit.launchers import NatsProcess
 from tests.integration.conftest import Pipeline, insert_atoms, insert_messages
 

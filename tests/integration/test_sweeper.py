@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
 from app.embedding.entities import ATOMS, MESSAGES
 from app.embedding.queue import sweep
 from app.embedding.tasks import enqueuer
-from app.worker.broker import build_broker
 from tests.integration.conftest import Pipeline, insert_messages
 
 # name -> (minutes since the last edit, minutes since it was queued or None, attempts)

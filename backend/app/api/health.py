@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.api.deps import get_state
+
 router = APIRouter(tags=["health"])
 
 
@@ -18,7 +20,7 @@ async def live() -> dict[str, str]:
 @router.get("/health/ready", summary="Readiness: database and broker reachable")
 async def ready(request: Request) -> JSONResponse:
     """503 while the database or the broker is unreachable."""
-    state = request.app.state.tt
+    state = get_state(request)
     checks: dict[str, str] = {}
     try:
         async with state.engine.connect() as conn:
@@ -26,9 +28,7 @@ async def ready(request: Request) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
         checks["database"] = f"unavailable: {type(exc).__name__}"
-    from app.worker.broker import broker
-
-    client = getattr(broker, "client", None)
+    client = getattr(state.broker, "client", None)
     checks["broker"] = "ok" if client is None or client.is_connected else "unavailable"
     healthy = all(value == "ok" for value in checks.values())
     body: dict[str, object] = {"status": "ok" if healthy else "unavailable", "checks": checks}

@@ -152,8 +152,8 @@ async def _enqueue(
     console: Console,
     counts: dict[str, int],
 ) -> BackfillReport:
+    from app.broker import broker, worker_seen
     from app.embedding.tasks import enqueuer
-    from app.worker.broker import broker, worker_seen
 
     try:
         await broker.startup()

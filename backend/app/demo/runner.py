@@ -362,8 +362,8 @@ async def wait_for_coverage(demo: Demo, label: str) -> float:
 
 async def step_backfill(demo: Demo) -> None:
     demo.step(3, "The backfill through NATS JetStream and a worker process")
+    from app.broker import broker
     from app.embedding.tasks import enqueuer
-    from app.worker.broker import broker
 
     assert demo.engine is not None
     start_worker(demo)
@@ -392,8 +392,8 @@ async def step_backfill(demo: Demo) -> None:
 
 async def step_hook(demo: Demo) -> None:
     demo.step(4, "New messages arrive; extraction runs; the hook embeds what it made")
+    from app.broker import broker
     from app.knowledge.tasks import extract_knowledge_from_messages_task
-    from app.worker.broker import broker
 
     assert demo.engine is not None
     incoming = loader.read_jsonl("incoming.jsonl")

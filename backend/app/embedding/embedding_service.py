@@ -21,9 +21,9 @@ from typing import TypeVar
 import numpy as np
 
 from app.core.errors import DimensionMismatchError, EmbeddingProviderError, ValidationError
+from app.core.metrics import observe_provider_call
 from app.embedding.providers import EmbeddingProvider, Kind
 from app.embedding.providers.token_count import count_tokens, truncate
-from app.observability.metrics import observe_provider_call
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,6 +13,7 @@ from app.auth.dependencies import AUTH_RESPONSES, AdminAccess
 from app.core.enums import ProviderType
 from app.core.errors import AppError, DimensionMismatchError, EmbeddingProviderError, NotFoundError
 from app.embedding import provider_service
+from app.embedding.dependencies import RegistryDep
 from app.embedding.schemas import ProviderCreate, ProviderOut, ProviderTestOut, ProviderUpdate
 from app.models.provider import LLMProvider
 
@@ -36,7 +37,7 @@ async def list_providers(session: SessionDep) -> list[ProviderOut]:
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a provider")
 async def create_provider(
-    body: ProviderCreate, state: StateDep, session: SessionDep
+    body: ProviderCreate, state: StateDep, registry: RegistryDep, session: SessionDep
 ) -> ProviderOut:
     """Store a provider; its API key is encrypted at rest. Its host must pass the network
     policy: never link-local or metadata, loopback and private only if PROVIDER_ALLOWED_HOSTS
@@ -56,7 +57,7 @@ async def create_provider(
     )
     await session.commit()
     if body.is_default:
-        await state.registry.forget(None)
+        await registry.forget(None)
     return provider_out(row)
 
 
@@ -69,7 +70,11 @@ async def _get(session: SessionDep, provider_id: uuid.UUID) -> LLMProvider:
 
 @router.patch("/{provider_id}", summary="Update a provider")
 async def update_provider(
-    provider_id: uuid.UUID, body: ProviderUpdate, state: StateDep, session: SessionDep
+    provider_id: uuid.UUID,
+    body: ProviderUpdate,
+    state: StateDep,
+    registry: RegistryDep,
+    session: SessionDep,
 ) -> ProviderOut:
     """Change a provider; a new key replaces the old one, encrypted. A new host without a new
     key drops the stored key (has_api_key becomes false)."""
@@ -84,19 +89,19 @@ async def update_provider(
         await provider_service.check_destination(state.settings, kind, changes["base_url"])
     await provider_service.update_provider(session, row, changes)
     await session.commit()
-    await state.registry.forget(provider_id)
-    await state.registry.forget(None)
+    await registry.forget(provider_id)
+    await registry.forget(None)
     return provider_out(row)
 
 
 @router.post("/{provider_id}/test", summary="Embed a probe text with a provider")
 async def test_provider(
-    provider_id: uuid.UUID, state: StateDep, session: SessionDep
+    provider_id: uuid.UUID, state: StateDep, registry: RegistryDep, session: SessionDep
 ) -> ProviderTestOut:
     """Embeds a probe text and reports latency and dimension, or a short fixed reason (never
     what the remote server said: the probe must not become a way to read other servers)."""
     row = await _get(session, provider_id)
-    service = state.registry.build(provider_service.spec_from_row(row, state.settings))
+    service = registry.build(provider_service.spec_from_row(row, state.settings))
     started = time.perf_counter()
     try:
         outcome = (await service.embed_documents(["tasktracker provider probe"]))[0]

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from app.api.deps import SessionDep, StateDep
-from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
+from app.api.deps import SessionDep, StateDep, rate_limit
+from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup
 from app.auth.dependencies import AUTH_RESPONSES, SearchAccess, WriteAccess, forbidden
 from app.core.errors import AppError, NotFoundError
 from app.embedding import provider_service
 from app.embedding import status as status_service
+from app.embedding.dependencies import RegistryDep
 from app.embedding.entities import ATOMS, MESSAGES, Entity
 from app.embedding.jobs import DbRetry, embed_rows
 from app.embedding.queue import PendingFilter, needing_embedding, pending_pages, publish
@@ -37,11 +38,13 @@ EmbedNowLimit = rate_limit(RouteGroup.embed_now, WriteAccess)
 @router.get(
     "/status", summary="Coverage, index health and the provider", dependencies=[SearchAccess]
 )
-async def embedding_status(state: StateDep, session: SessionDep) -> EmbeddingStatus:
+async def embedding_status(
+    state: StateDep, registry: RegistryDep, session: SessionDep
+) -> EmbeddingStatus:
     """Total, embedded, stale, pending and parked rows per entity; HNSW index validity."""
     provider, provider_error = None, None
     try:
-        entry = await state.registry.get(session)
+        entry = await registry.get(session)
         spec = entry.spec
         provider = ProviderInfo(
             name=spec.name, type=spec.type.value, model=spec.model, dimensions=spec.dimensions
@@ -113,10 +116,14 @@ async def enqueue_atoms(
 
 
 async def _embed_now(
-    state: StateDep, session: SessionDep, entity: Entity, row_id: uuid.UUID
+    state: StateDep,
+    registry: RegistryDep,
+    session: SessionDep,
+    entity: Entity,
+    row_id: uuid.UUID,
 ) -> EmbedNowResponse:
     exists = await needing_embedding(state.engine, entity, [row_id])
-    entry = await state.registry.get(session)
+    entry = await registry.get(session)
     await session.commit()
     if not exists:
         found = await session.execute(
@@ -143,10 +150,10 @@ async def _embed_now(
     responses=RATE_LIMIT_RESPONSES,
 )
 async def embed_message_now(
-    message_id: uuid.UUID, state: StateDep, session: SessionDep
+    message_id: uuid.UUID, state: StateDep, registry: RegistryDep, session: SessionDep
 ) -> EmbedNowResponse:
     """Embed a message in this request (skipped when its embedding is current)."""
-    return await _embed_now(state, session, MESSAGES, message_id)
+    return await _embed_now(state, registry, session, MESSAGES, message_id)
 
 
 @router.post(
@@ -156,7 +163,7 @@ async def embed_message_now(
     responses=RATE_LIMIT_RESPONSES,
 )
 async def embed_atom_now(
-    atom_id: uuid.UUID, state: StateDep, session: SessionDep
+    atom_id: uuid.UUID, state: StateDep, registry: RegistryDep, session: SessionDep
 ) -> EmbedNowResponse:
     """Embed an atom in this request (skipped when its embedding is current)."""
-    return await _embed_now(state, session, ATOMS, atom_id)
+    return await _embed_now(state, registry, session, ATOMS, atom_id)

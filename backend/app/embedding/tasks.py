@@ -20,13 +20,13 @@ from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq.kicker import AsyncKicker
 from taskiq.message import TaskiqMessage
 
+from app.broker import Delivery, ProviderRetryMiddleware, broker, current_delivery
 from app.core.errors import AppError, EmbeddingProviderError
 from app.db import is_transient_db_error
+from app.embedding import runtime as runtime_module
 from app.embedding.entities import ATOMS, MESSAGES, Entity
 from app.embedding.jobs import DbRetry, Lease, embed_rows
 from app.embedding.queue import Enqueue, mark_queued, park
-from app.worker import runtime as runtime_module
-from app.worker.broker import Delivery, ProviderRetryMiddleware, broker, current_delivery
 
 logger = logging.getLogger(__name__)
 # The running task's context, given by taskiq (None when the function is called directly).

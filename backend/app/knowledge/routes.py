@@ -7,8 +7,8 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from app.api.deps import SessionDep, StateDep
-from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
+from app.api.deps import SessionDep, StateDep, rate_limit
+from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup
 from app.auth.dependencies import AUTH_RESPONSES, WriteAccess
 from app.core.errors import ValidationError
 from app.embedding.schemas import ExtractRequest, ExtractResponse

@@ -9,15 +9,15 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 from taskiq import AsyncBroker
 
+from app.broker import broker
 from app.db import session_factory
+from app.embedding import runtime as runtime_module
 from app.embedding.entities import ATOMS, MESSAGES
 from app.embedding.queue import needing_embedding, publish
 from app.embedding.tasks import enqueuer
 from app.knowledge import build_extractor
 from app.knowledge.base import ExtractionError
 from app.knowledge.extraction_service import extract_and_save, mark_failed
-from app.worker import runtime as runtime_module
-from app.worker.broker import broker
 
 logger = logging.getLogger(__name__)
 

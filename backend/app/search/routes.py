@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import ReadSessionDep, StateDep
-from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
+from app.api.deps import ReadSessionDep, StateDep, rate_limit
+from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup
 from app.auth.dependencies import AUTH_RESPONSES, SearchAccess
+from app.core.metrics import observe_search
+from app.embedding.dependencies import RegistryDep
 from app.embedding.entities import ATOMS, MESSAGES, Entity
-from app.observability.metrics import observe_search
 from app.search import semantic_search_service as search
 from app.search.schemas import (
     AtomSearchRequest,
@@ -62,34 +63,26 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 async def _search(
     state: StateDep,
+    registry: RegistryDep,
     session: ReadSessionDep,
     entity: Entity,
     body: SearchRequest,
     filters: search.SearchFilters,
 ) -> SearchResponse:
     started = time.perf_counter()
+    query = search.TextQuery(
+        body.query, body.limit, body.offset, body.threshold, filters, body.mode
+    )
     with observe_search(entity.name, body.mode):
-        entry = await state.registry.get(session)
-        vector = await entry.service.embed_query(body.query)
-        page = await search.search(
-            session,
-            entity,
-            vector,
-            query_text=body.query,
-            limit=body.limit,
-            offset=body.offset,
-            threshold=body.threshold,
-            filters=filters,
-            mode=body.mode,
-            tuning=search.SearchTuning.from_settings(state.settings),
-        )
+        tuning = search.SearchTuning.from_settings(state.settings)
+        page = await search.search_text(session, registry, entity, query, tuning)
     await session.commit()
     return _response(body.query, page, started)
 
 
 @router.post("/messages", summary="Search messages by meaning")
 async def search_messages(
-    body: MessageSearchRequest, state: StateDep, session: ReadSessionDep
+    body: MessageSearchRequest, state: StateDep, registry: RegistryDep, session: ReadSessionDep
 ) -> SearchResponse:
     """Messages nearest to the query (cosine, HNSW); `mode=hybrid` adds full-text matches."""
     filters = search.SearchFilters(
@@ -98,18 +91,18 @@ async def search_messages(
         sent_after=body.sent_after,
         sent_before=body.sent_before,
     )
-    return await _search(state, session, MESSAGES, body, filters)
+    return await _search(state, registry, session, MESSAGES, body, filters)
 
 
 @router.post("/atoms", summary="Search atoms by meaning")
 async def search_atoms(
-    body: AtomSearchRequest, state: StateDep, session: ReadSessionDep
+    body: AtomSearchRequest, state: StateDep, registry: RegistryDep, session: ReadSessionDep
 ) -> SearchResponse:
     """Atoms nearest to the query, optionally of some types or one topic."""
     filters = search.SearchFilters(
         atom_types=tuple(t.value for t in body.types), topic_id=body.topic_id
     )
-    return await _search(state, session, ATOMS, body, filters)
+    return await _search(state, registry, session, ATOMS, body, filters)
 
 
 async def _similar(
@@ -122,15 +115,9 @@ async def _similar(
 ) -> SearchResponse:
     started = time.perf_counter()
     with observe_search(entity.name, "similar"):
-        vector = await search.embedding_of(session, entity, row_id)
-        page = await search.search(
-            session,
-            entity,
-            vector,
-            limit=limit,
-            threshold=threshold,
-            tuning=search.SearchTuning.from_settings(state.settings),
-            exclude=row_id,
+        tuning = search.SearchTuning.from_settings(state.settings)
+        page = await search.similar_to(
+            session, entity, row_id, limit=limit, threshold=threshold, tuning=tuning
         )
     await session.commit()
     return _response(str(row_id), page, started)

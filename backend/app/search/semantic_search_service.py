@@ -29,6 +29,7 @@ from app.core.config import Settings
 from app.core.errors import NotFoundError, ValidationError
 from app.db import SEARCH_SETTINGS_INFO, search_settings
 from app.embedding.entities import ATOMS, MESSAGES, Entity
+from app.embedding.registry import EmbeddingRegistry
 
 RRF_K = 60
 MAX_DEPTH = 1000  # pgvector's ceiling for hnsw.ef_search; limit + offset stays within it
@@ -430,3 +431,55 @@ async def embedding_of(session: AsyncSession, entity: Entity, row_id: uuid.UUID)
 
 
 ENTITY_BY_NAME = {"messages": MESSAGES, "atoms": ATOMS}
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """A search as a user asks it: the text, its page, threshold, filters and mode."""
+
+    text: str
+    limit: int = 10
+    offset: int = 0
+    threshold: float | None = None
+    filters: SearchFilters | None = None
+    mode: Mode = "vector"
+
+
+async def search_text(
+    session: AsyncSession,
+    registry: EmbeddingRegistry,
+    entity: Entity,
+    query: TextQuery,
+    tuning: SearchTuning,
+) -> SearchPage:
+    """Embed the query with the default provider's model, then one page of `search`."""
+    entry = await registry.get(session)
+    vector = await entry.service.embed_query(query.text)
+    return await search(
+        session,
+        entity,
+        vector,
+        query_text=query.text,
+        limit=query.limit,
+        offset=query.offset,
+        threshold=query.threshold,
+        filters=query.filters,
+        mode=query.mode,
+        tuning=tuning,
+    )
+
+
+async def similar_to(
+    session: AsyncSession,
+    entity: Entity,
+    row_id: uuid.UUID,
+    *,
+    limit: int,
+    threshold: float | None,
+    tuning: SearchTuning,
+) -> SearchPage:
+    """The rows nearest to a stored row, the row itself left out."""
+    vector = await embedding_of(session, entity, row_id)
+    return await search(
+        session, entity, vector, limit=limit, threshold=threshold, tuning=tuning, exclude=row_id
+    )

@@ -9,18 +9,18 @@ from functools import partial
 
 from taskiq.receiver import Receiver
 
+from app.broker import JetStreamBroker, broker
 from app.core.config import Settings
+from app.core.metrics import SWEEPER_QUEUED
 from app.db import check_database, session_factory
 from app.embedding import provider_service
+from app.embedding import runtime as runtime_module
 from app.embedding import tasks as embedding_tasks  # noqa: F401 - registers the tasks
 from app.embedding.entities import ATOMS, MESSAGES
 from app.embedding.queue import sweep
 from app.observability.heartbeat import heartbeat_loop
-from app.observability.metrics import SWEEPER_QUEUED
 from app.observability.server import start_worker_metrics
 from app.observability.tasks import TaskMetricsMiddleware
-from app.worker import runtime as runtime_module
-from app.worker.broker import JetStreamBroker, broker
 
 logger = logging.getLogger(__name__)
 
