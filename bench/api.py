@@ -36,7 +36,6 @@ from typing import Any
 import asyncpg
 import httpx
 import nats
-import numpy as np
 from nats.js.errors import NotFoundError
 from pgvector import Vector
 from pgvector.asyncpg import register_vector
@@ -52,6 +51,7 @@ from bench.pipeline import cpu_seconds as pipeline_cpu_seconds
 from bench.pipeline import migrate, start_stub
 from bench.scratch import scratch_database
 from bench.stats import Spread, latency_summary, target
+from testkit.vectors import clustered_unit_vectors
 
 SEARCH_PATH = "/api/v1/semantic_search/messages"
 REQUEST_TIMEOUT = 30.0
@@ -152,20 +152,9 @@ def api_env(
 # ----------------------------------------------------------------------------- data
 
 
-def clustered_vectors(rows: int, dims: int, clusters: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors around `clusters` random centres (float32, rows x dims)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dims)).astype(np.float32)
-    vectors = centres[np.arange(rows) % clusters] + 0.5 * rng.standard_normal((rows, dims)).astype(
-        np.float32
-    )
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
-
-
 async def load_messages(url: str, rows: int, dims: int, clusters: int = 50) -> None:
     """`rows` embedded messages (current hashes), then the HNSW index, then VACUUM ANALYZE."""
-    vectors = clustered_vectors(rows, dims, clusters)
+    vectors = clustered_unit_vectors(rows, dims, clusters)
     conn = await asyncpg.connect(url)
     try:
         await register_vector(conn)
@@ -508,7 +497,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
         # Both at once, so the two providers' API processes are measured interleaved.
         scratch_database(settings, "tasktracker_bench_api_local") as local_db,
     ):
-        nats_url = endpoints.nats_url(settings)
+        nats_url = endpoints.ensure_nats_url(settings)
         setup = {}
         for db, dims in ((stub_db, STUB.dims), (local_db, LOCAL.dims)):
             started = time.perf_counter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -31,7 +30,7 @@ import asyncpg
 import httpx
 
 from app.core.config import Settings
-from app.core.embedded import EmbeddedPostgres, free_port, nats_server_binary
+from app.core.embedded import EmbeddedPostgres, NatsServer
 from app.core.urls import with_database
 from bench.api import load_messages
 from bench.load import (
@@ -142,45 +141,6 @@ class LocalPostgres:
         return with_database(self.admin_url, name)
 
 
-class LocalNats:
-    """`nats-server -js` on a fixed port with its store in a folder: it comes back on the same
-    port with the same streams and consumers, so clients reconnect."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "nats.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
-                + ["-sd", str(self.folder / "store")],
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 15
-        while not _port_open(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server did not start (see {self.folder / 'nats.log'})")
-            time.sleep(0.05)
-
-    def down(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
@@ -239,12 +199,12 @@ def provider_outage(status: int = 503) -> Scenario:
     )
 
 
-def nats_restart(nats: LocalNats) -> Scenario:
+def nats_restart(nats: NatsServer) -> Scenario:
     async def begin(_stack: Stack) -> None:
-        await asyncio.to_thread(nats.down)
+        await asyncio.to_thread(nats.stop)
 
     async def end(_stack: Stack) -> None:
-        await asyncio.to_thread(nats.up)
+        await asyncio.to_thread(nats.start)
 
     return Scenario(
         "nats_restart",
@@ -456,11 +416,11 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:  # noqa: AR
     """The three scenarios in turn, each on a fresh database, on servers of their own."""
     plan = QUICK if quick else FULL
     folder = Path(tempfile.mkdtemp(prefix="tasktracker-faults-"))
-    postgres, nats = LocalPostgres(folder / "pgdata"), LocalNats(folder / "nats")
+    postgres, nats = LocalPostgres(folder / "pgdata"), NatsServer(folder / "nats")
     results = []
     try:
         await asyncio.to_thread(postgres.start)
-        nats.up()
+        nats.start()
         for scenario in (
             postgres_restart(postgres),
             provider_outage(plan.provider_status),
@@ -471,7 +431,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:  # noqa: AR
             await load_messages(url, plan.rows, DIMS, plan.clusters)
             results.append(await run_scenario(scenario, url, nats.url, plan))
     finally:
-        nats.down()
+        nats.stop()
         await asyncio.to_thread(postgres.close)
         shutil.rmtree(folder, ignore_errors=True)
     config = {**asdict(plan), **stack_config(plan.stack), "quick": quick}

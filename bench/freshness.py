@@ -140,7 +140,7 @@ async def measure(url: str, nats_url: str, provider: Provider, plan: Plan) -> di
 
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
     plan = QUICK if quick else FULL
-    nats_url = endpoints.nats_url(settings)
+    nats_url = endpoints.ensure_nats_url(settings)
     results = []
     # The stub's vectors are random, like the synthetic ones preloaded; the model's are not:
     # its probes go into a table of texts the model embedded (an HNSW graph of synthetic

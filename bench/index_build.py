@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from app.indexes.catalog import build_session_sql
+from testkit.vectors import centers_sql, near_center_sql
 
 TABLE = "bench_index_build"
 
@@ -46,12 +47,9 @@ async def prepare_table(url: str, rows: int, dims: int, clusters: int = 50) -> N
         await conn.execute("SELECT setseed(0.5)")
         await conn.execute(
             f"""
-            WITH centers AS (
-                SELECT c, array_agg(random() - 0.5) AS v FROM generate_series(0, {clusters - 1}) c,
-                generate_series(1, {dims}) d GROUP BY c)
+            WITH centers AS ({centers_sql(clusters, dims)})
             INSERT INTO {TABLE} (channel, content, embedding)
-            SELECT 'c' || (g % 10), 'row ' || g,
-                   (SELECT array_agg(x + (random() - 0.5) * 0.2 + 0 * g) FROM unnest(centers.v) x)::vector
+            SELECT 'c' || (g % 10), 'row ' || g, {near_center_sql(0.2, "g")}
             FROM generate_series(1, {rows}) g JOIN centers ON centers.c = g % {clusters}
             """
         )

@@ -36,6 +36,7 @@ from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all, worker_child
+from app.embedding.entities import NEEDS_TEXT
 from bench.api import (
     PHRASES,
     REQUEST_TIMEOUT,
@@ -72,9 +73,7 @@ LIMITS_OFF = {
     "RATE_LIMIT_EMBED_NOW_PER_MINUTE": "0",
     "RATE_LIMIT_EXTRACT_PER_MINUTE": "0",
 }
-PENDING_SQL = (
-    "SELECT count(*) FROM messages WHERE embedding_content_hash IS DISTINCT FROM content_hash"
-)
+PENDING_SQL = f"SELECT count(*) FROM messages WHERE {NEEDS_TEXT}"
 
 
 @dataclass(frozen=True)
@@ -572,7 +571,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
     async with scratch_database(settings, "tasktracker_bench_load") as url:
         await asyncio.to_thread(migrate, url, DIMS)
         await load_messages(url, plan.rows, DIMS, plan.clusters)
-        figures = await measure(url, endpoints.nats_url(settings), plan)
+        figures = await measure(url, endpoints.ensure_nats_url(settings), plan)
     config = {**asdict(plan), **stack_config(plan.stack), "quick": quick}
     return {"config": config, **figures}
 

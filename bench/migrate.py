@@ -26,6 +26,7 @@ from app.indexes.memory import human
 from bench.pipeline import alembic
 from bench.scratch import scratch_database
 from bench.stats import target
+from testkit.vectors import centers_sql, near_center_sql
 
 FULL_SIZES = ((1_000_000, 384), (200_000, 1536))
 QUICK_SIZES = ((20_000, 384), (5_000, 1536))
@@ -53,16 +54,12 @@ async def fill(url: str, rows: int, dims: int, clusters: int = 50) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("SELECT setseed(0.25)")
-        await conn.execute(
-            "CREATE TEMP TABLE centers AS SELECT c, array_agg(random() - 0.5) AS v "
-            f"FROM generate_series(0, {clusters - 1}) c, generate_series(1, {dims}) d GROUP BY c"
-        )
+        await conn.execute(f"CREATE TEMP TABLE centers AS {centers_sql(clusters, dims)}")
         for start in range(0, rows, CHUNK):
             await conn.execute(
                 "INSERT INTO messages (id, author, channel, content, sent_at, embedding) "
                 "SELECT gen_random_uuid(), 'author', 'c' || (g % 10), 'message ' || g, now(), "
-                "(SELECT array_agg(x + (random() - 0.5) * 0.2) FROM unnest(centers.v) x "
-                "WHERE g > 0)::vector "
+                f"{near_center_sql(0.2, 'g')} "
                 f"FROM generate_series($1::int, $2::int) g JOIN centers ON centers.c = g % {clusters}",
                 start + 1,
                 min(rows, start + CHUNK),

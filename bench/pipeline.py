@@ -34,9 +34,11 @@ import numpy as np
 from pgvector import Vector
 from pgvector.asyncpg import register_vector
 
+from app import db
 from app.core.config import REPO_ROOT, Settings
 from app.core.supervisor import Child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url
+from app.embedding.entities import NEEDS_TEXT
 from app.indexes.catalog import VECTOR_INDEXES
 
 
@@ -102,15 +104,7 @@ def cpu_seconds(pid: int) -> float:
 
 def alembic(url: str, dims: int, *args: str) -> subprocess.CompletedProcess[str]:
     """`alembic ARGS` as users run it, on `url`, with the columns at `dims` dimensions."""
-    env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_DIMENSIONS": str(dims)}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return db.alembic(url, *args, env={"EMBEDDING_DIMENSIONS": str(dims)})
 
 
 def migrate(url: str, dims: int) -> None:
@@ -146,11 +140,7 @@ async def reset_rows(url: str, rows: int, *, index: bool, texts: list[str] | Non
 async def pending_count(conn: asyncpg.Connection) -> int:
     """Rows whose embedding is not current, through the partial pending-work index: cheap
     to poll while the pipeline runs (a count over the whole table would steal Postgres CPU)."""
-    return int(
-        await conn.fetchval(
-            "SELECT count(*) FROM messages WHERE embedding_content_hash IS DISTINCT FROM content_hash"
-        )
-    )
+    return int(await conn.fetchval(f"SELECT count(*) FROM messages WHERE {NEEDS_TEXT}"))
 
 
 async def current_count(conn: asyncpg.Connection) -> int:

@@ -333,7 +333,7 @@ async def backfill(settings: Settings, url: str, *, rows: int) -> dict[str, Any]
 
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
     """The whole pipeline section; quick: 3k rows, two rounds (about 2 minutes)."""
-    settings = settings.model_copy(update={"nats_url": endpoints.nats_url(settings)})
+    settings = settings.model_copy(update={"nats_url": endpoints.ensure_nats_url(settings)})
     sizes = [3_000] if quick else [20_000, 100_000]
     rounds = {size: (2 if quick else (3 if size <= 20_000 else 1)) for size in sizes}
     section: dict[str, Any] = {

@@ -18,7 +18,7 @@ async def scratch_database(settings: Settings, name: str) -> AsyncIterator[str]:
 
     The embedded servers this joins stay up until the caller's `endpoints.release()`.
     """
-    admin = with_database(to_libpq_url(endpoints.database_url(settings)), "postgres")
+    admin = with_database(to_libpq_url(endpoints.ensure_database_url(settings)), "postgres")
     conn = await asyncpg.connect(admin)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -130,7 +130,7 @@ def sections() -> dict[str, Section]:
 
 async def machine(settings: Settings) -> dict[str, Any]:
     """Cores, memory, versions and date: stated above every table."""
-    conn = await asyncpg.connect(to_libpq_url(endpoints.database_url(settings)))
+    conn = await asyncpg.connect(to_libpq_url(endpoints.ensure_database_url(settings)))
     try:
         postgres = await conn.fetchval("SHOW server_version")
         pgvector = await conn.fetchval(

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.core.embedded import EmbeddedPostgres, free_port, nats_server_binary, psql_binary
+from app.core.embedded import EmbeddedPostgres, NatsServer, psql_binary
 from app.core.urls import to_libpq_url, with_database
 
 
@@ -81,54 +81,8 @@ def start_postgres(folder: Path) -> PostgresForTests:
     return PostgresForTests(server.url("postgres"), server.stop)
 
 
-class NatsProcess:
-    """A `nats-server -js` on 127.0.0.1 with its own store; can be stopped and started again."""
-
-    def __init__(self, folder: Path, port: int | None = None):
-        self.folder = folder
-        self.port = port or free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        log = open(self.folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-sd",
-                str(self.folder),
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 10
-        import socket
-
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+# The tests' own nats-server: started, stopped and started again on the same port.
+NatsProcess = NatsServer
 
 
 class WorkerProcess:

@@ -43,6 +43,7 @@ from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_nats import PullBasedJetStreamBroker
 
 from app.core.config import Settings, get_settings
+from app.core.endpoints import ensure_nats_url
 from app.core.errors import EmbeddingProviderError
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,9 @@ class JetStreamBroker(PullBasedJetStreamBroker):
     deliveries: dict[str, Delivery]
 
     async def startup(self) -> None:
-        from app.core.endpoints import nats_url
-
         await _AsyncBroker.startup(self)
         self.deliveries = {}
-        await self.client.connect(nats_url(self.settings), **self.connection_kwargs)
+        await self.client.connect(ensure_nats_url(self.settings), **self.connection_kwargs)
         self.js = self.client.jetstream()
         if self.stream_config.name is None:
             self.stream_config.name = self.stream_name

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 JOIN = """
 import sys
 from app.core import endpoints
-endpoints.database_url()
-endpoints.nats_url()
+endpoints.ensure_database_url()
+endpoints.ensure_nats_url()
 print("joined", flush=True)
 sys.stdin.readline()
 endpoints.release()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,26 +16,14 @@ from app.cli._console import console, fail
 from app.core import endpoints
 from app.core.config import Settings, get_settings
 from app.core.embedded import signals_ignored
-from app.core.errors import AppError, ConfigurationError
+from app.core.errors import AppError
 from app.core.supervisor import api_child, supervise, worker_child
 from app.core.urls import redact_url
+from app.db import migrate as migrate_database
 
 
 def _state_file(settings: Settings) -> Path:
     return settings.data_dir / "services.json"
-
-
-def migrate_database(db_url: str) -> None:
-    """`alembic upgrade head` against `db_url`, as a child process; its error becomes ours."""
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        env={**os.environ, "DATABASE_URL": db_url},
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["alembic failed"])[-1]
-        raise ConfigurationError(f"migrations failed: {last}")
 
 
 def run_services(
@@ -45,8 +31,8 @@ def run_services(
 ) -> int:
     """Start (or join) Postgres and NATS, run migrations, then the worker and the API."""
     try:
-        db_url = endpoints.database_url(settings)
-        nats = endpoints.nats_url(settings)
+        db_url = endpoints.ensure_database_url(settings)
+        nats = endpoints.ensure_nats_url(settings)
         if migrate:
             migrate_database(db_url)
         env = {"DATABASE_URL": db_url, "NATS_URL": nats}

@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +36,7 @@ from app.core.embedded import free_port
 from app.core.errors import ConfigurationError
 from app.core.supervisor import Child, api_child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url, to_libpq_url, with_database
+from app.db import alembic as alembic_command
 from app.db import create_engine, session_factory
 from app.demo import loader
 from app.embedding import status as status_service
@@ -150,7 +149,7 @@ async def run_demo(options: DemoOptions, settings: Settings, console: Console) -
 
 
 def _admin_url(settings: Settings) -> str:
-    return with_database(to_libpq_url(endpoints.database_url(settings)), "postgres")
+    return with_database(to_libpq_url(endpoints.ensure_database_url(settings)), "postgres")
 
 
 async def _admin(demo: Demo, sql: str) -> None:
@@ -164,12 +163,7 @@ async def _admin(demo: Demo, sql: str) -> None:
 
 
 def alembic(demo: Demo, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        env={**os.environ, **demo.env},
-        capture_output=True,
-        text=True,
-    )
+    result = alembic_command(demo.db_url, *args, env=demo.env)
     if result.returncode != 0:
         raise ConfigurationError(
             f"alembic {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}"
@@ -181,7 +175,7 @@ async def step_outage(demo: Demo) -> None:
     await _admin(demo, f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
     await _admin(demo, f'CREATE DATABASE "{DEMO_DATABASE}"')
     demo.db_url = to_asyncpg_url(with_database(_admin_url(demo.settings), DEMO_DATABASE))
-    demo.nats = endpoints.nats_url(demo.settings)
+    demo.nats = endpoints.ensure_nats_url(demo.settings)
     alembic(demo, "upgrade", "0001")
     demo.engine = create_engine(
         url=demo.db_url, settings=demo.settings, pool_size=4, max_overflow=4

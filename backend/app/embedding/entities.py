@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.models.atom import ATOM_TEXT_SQL
+from app.models.base import EMBEDDING_PENDING
 from app.models.message import MESSAGE_TEXT_SQL
 
 EntityName = Literal["messages", "atoms"]
@@ -29,5 +30,9 @@ ENTITIES: dict[str, Entity] = {"messages": MESSAGES, "atoms": ATOMS}
 
 # Rows whose vector is missing or was made for another text (served by the partial index
 # ix_<table>_embedding_pending), optionally also those made by another model.
-NEEDS_TEXT = "embedding_content_hash IS DISTINCT FROM content_hash"
-NEEDS_TEXT_OR_MODEL = f"({NEEDS_TEXT} OR embedding_model IS DISTINCT FROM $model)"
+NEEDS_TEXT = EMBEDDING_PENDING
+
+
+def needs_text_or_model(model_param: str) -> str:
+    """Pending, or embedded by another model than the one bound at `model_param` ($2, :model)."""
+    return f"({NEEDS_TEXT} OR embedding_model IS DISTINCT FROM {model_param})"

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import is_transient_db_error
 from app.embedding.embedding_service import EmbeddingService, EmbedOutcome
-from app.embedding.entities import Entity
+from app.embedding.entities import NEEDS_TEXT, Entity, needs_text_or_model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +108,7 @@ def _claimable(entity: Entity) -> str:
     return f"""
         SELECT id FROM {entity.table}
         WHERE id = ANY($1::uuid[])
-          AND (embedding_content_hash IS DISTINCT FROM content_hash
-               OR embedding_model IS DISTINCT FROM $2)
+          AND {needs_text_or_model("$2")}
           AND embedding_attempts < $3
           AND (embedding_claimed_by IS NULL OR embedding_claimed_by = $4
                OR embedding_claim_expires_at < now())
@@ -134,7 +133,7 @@ def _busy_sql(entity: Entity) -> str:
         SELECT id FROM {entity.table}
         WHERE id = ANY($1::uuid[]) AND embedding_claimed_by <> $2
           AND embedding_claim_expires_at >= now()
-          AND embedding_content_hash IS DISTINCT FROM content_hash
+          AND {NEEDS_TEXT}
         ORDER BY id
     """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.embedding.entities import NEEDS_TEXT, Entity
+from app.embedding.entities import NEEDS_TEXT, Entity, needs_text_or_model
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class PendingFilter:
     def where(self) -> str:
         needs = NEEDS_TEXT
         if self.model is not None:
-            needs = f"({NEEDS_TEXT} OR embedding_model IS DISTINCT FROM :model)"
+            needs = needs_text_or_model(":model")
         if not self.include_parked:
             needs += " AND embedding_attempts < :max_attempts"
         return needs

@@ -19,12 +19,10 @@ from app.embedding.entities import ATOMS, MESSAGES, Entity
 from app.embedding.jobs import DbRetry, embed_rows
 from app.embedding.queue import PendingFilter, needing_embedding, pending_pages, publish
 from app.embedding.schemas import (
-    CoverageOut,
     EmbeddingStatus,
     EmbedNowResponse,
     EnqueueRequest,
     EnqueueResponse,
-    IndexOut,
     ProviderInfo,
 )
 from app.embedding.tasks import enqueuer
@@ -58,11 +56,8 @@ async def embedding_status(
     )
     indexes = await status_service.index_states(session)
     return EmbeddingStatus(
-        coverage=[CoverageOut.model_validate(row.as_dict()) for row in rows],
-        indexes=[
-            IndexOut(**{k: v for k, v in vars(i).items() if k != "definition"}, healthy=i.healthy)
-            for i in indexes
-        ],
+        coverage=rows,
+        indexes=indexes,
         provider=provider,
         provider_error=provider_error,
     )

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from app.core.enums import ProviderType
+from app.embedding.status import EntityCoverage, IndexState
 from app.schemas.common import HeaderSecret, NoNul, Omittable
 
 
@@ -38,27 +39,6 @@ class EmbedNowResponse(BaseModel):
     error: str | None = None
 
 
-class CoverageOut(BaseModel):
-    entity: str
-    total: int
-    embedded: int
-    current: int
-    stale: int
-    pending: int
-    parked: int
-    coverage_pct: float
-
-
-class IndexOut(BaseModel):
-    name: str
-    table: str
-    exists: bool
-    valid: bool
-    ready: bool
-    matches: bool
-    healthy: bool
-
-
 class ProviderInfo(BaseModel):
     name: str
     type: str
@@ -67,8 +47,8 @@ class ProviderInfo(BaseModel):
 
 
 class EmbeddingStatus(BaseModel):
-    coverage: list[CoverageOut]
-    indexes: list[IndexOut]
+    coverage: list[EntityCoverage]
+    indexes: list[IndexState]
     provider: ProviderInfo | None
     provider_error: str | None = None
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from pydantic import Field, computed_field
+from pydantic.dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.embedding.entities import ENTITIES, NEEDS_TEXT
 from app.indexes.catalog import VECTOR_INDEXES
 
-ENTITY_TABLES = {"messages": "messages", "atoms": "atoms"}
+_TABLES = [(name, entity.table) for name, entity in ENTITIES.items()]
 
 
 @dataclass(frozen=True)
 class EntityCoverage:
+    """One entity's rows by embedding state; also the status route's response item."""
+
     entity: str
     total: int
     embedded: int
@@ -22,24 +27,28 @@ class EntityCoverage:
     pending: int
     parked: int
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def coverage_pct(self) -> float:
-        return 100.0 * self.embedded / self.total if self.total else 100.0
+        return round(100.0 * self.embedded / self.total, 1) if self.total else 100.0
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "coverage_pct": round(self.coverage_pct, 1)}
+        return {**asdict(self), "coverage_pct": self.coverage_pct}
 
 
 @dataclass(frozen=True)
 class IndexState:
+    """An HNSW index as the catalog shows it; also the status route's response item."""
+
     name: str
     table: str
     exists: bool
     valid: bool
     ready: bool
     matches: bool
-    definition: str | None
+    definition: str | None = Field(default=None, exclude=True)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def healthy(self) -> bool:
         return self.exists and self.valid and self.ready and self.matches
@@ -66,7 +75,7 @@ async def coverage(
 ) -> list[EntityCoverage]:
     """Rows, embedded rows, current/stale/pending/parked counts per entity."""
     result = []
-    for entity, table in ENTITY_TABLES.items():
+    for entity, table in _TABLES:
         row = (
             await session.execute(
                 text(_coverage_sql(table)), {"model": model, "max_attempts": max_attempts}
@@ -88,12 +97,12 @@ async def parked_reasons(
 ) -> list[ParkedReason]:
     """The most common reasons rows are parked, per entity (retried only on request)."""
     found: list[ParkedReason] = []
-    for entity, table in ENTITY_TABLES.items():
+    for entity, table in _TABLES:
         rows = await session.execute(
             text(
                 f"SELECT coalesce(embedding_error, 'unknown'), count(*) FROM {table} "
                 "WHERE embedding_attempts >= :max_attempts "
-                "AND embedding_content_hash IS DISTINCT FROM content_hash "
+                f"AND {NEEDS_TEXT} "
                 "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit"
             ),
             {"max_attempts": max_attempts, "limit": limit},
@@ -143,7 +152,7 @@ def _oldest_pending_sql(table: str) -> str:
     # Through the partial index on exactly the pending predicate.
     return f"""
         SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) FROM {table}
-        WHERE embedding_content_hash IS DISTINCT FROM content_hash
+        WHERE {NEEDS_TEXT}
           AND embedding_attempts < :max_attempts
     """
 
@@ -151,7 +160,7 @@ def _oldest_pending_sql(table: str) -> str:
 async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[EntityProgress]:
     """Per entity: embedded rows per model, rows embedded in the last minute, oldest pending."""
     result = []
-    for entity, table in ENTITY_TABLES.items():
+    for entity, table in _TABLES:
         models = (await session.execute(text(_models_sql(table)))).all()
         oldest = (
             await session.execute(text(_oldest_pending_sql(table)), {"max_attempts": max_attempts})

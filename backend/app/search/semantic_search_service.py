@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.core.config import Settings
 from app.core.errors import NotFoundError, ValidationError
 from app.db import SEARCH_SETTINGS_INFO, search_settings
-from app.embedding.entities import ATOMS, MESSAGES, Entity
+from app.embedding.entities import ATOMS, MESSAGES, NEEDS_TEXT, Entity
 from app.embedding.registry import EmbeddingRegistry
 
 RRF_K = 60
@@ -282,8 +282,7 @@ def _pending_sql(entity: Entity, where: str) -> str:
     # The first condition is the predicate of the partial index ix_<table>_embedding_pending,
     # which holds only the rows waiting for an embedding: the count reads that index.
     return (
-        f"SELECT count(*) FROM {entity.table} WHERE embedding_content_hash IS DISTINCT FROM "
-        f"content_hash AND embedding IS NULL AND {where}"
+        f"SELECT count(*) FROM {entity.table} WHERE {NEEDS_TEXT} AND embedding IS NULL AND {where}"
     )
 
 
