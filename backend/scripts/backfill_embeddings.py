@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from app.cli import app
+from app.cli.main import app
 
 if __name__ == "__main__":
     app(["backfill", *sys.argv[1:]], prog_name="backfill_embeddings.py")

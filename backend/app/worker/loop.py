@@ -18,6 +18,7 @@ from app.embedding import runtime as runtime_module
 from app.embedding import tasks as embedding_tasks  # noqa: F401 - registers the tasks
 from app.embedding.entities import ATOMS, MESSAGES
 from app.embedding.queue import sweep
+from app.knowledge import tasks as knowledge_tasks  # noqa: F401 - registers the tasks
 from app.observability.heartbeat import heartbeat_loop
 from app.observability.server import start_worker_metrics
 from app.observability.tasks import TaskMetricsMiddleware
