@@ -19,7 +19,6 @@ from app.core.embedded import signals_ignored
 from app.core.errors import AppError
 from app.core.supervisor import api_child, supervise, worker_child
 from app.core.urls import redact_url
-from app.db import migrate as migrate_database
 
 
 def _state_file(settings: Settings) -> Path:
@@ -34,6 +33,8 @@ def run_services(
         db_url = endpoints.ensure_database_url(settings)
         nats = endpoints.ensure_nats_url(settings)
         if migrate:
+            from app.db import migrate as migrate_database  # the database layer: only here
+
             migrate_database(db_url)
         env = {"DATABASE_URL": db_url, "NATS_URL": nats}
         children = [worker_child(env), api_child(env, host, port, "--no-access-log")]
