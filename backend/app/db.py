@@ -215,13 +215,18 @@ def is_transient_db_error(exc: BaseException) -> bool:
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where pyproject.toml holds [tool.alembic]
 
 
+def alembic_argv(*args: str) -> list[str]:
+    """The command line of `alembic ARGS` in this environment (for a child process)."""
+    return [sys.executable, "-m", "alembic", *args]
+
+
 def alembic(
     url: str, *args: str, env: Mapping[str, str] | None = None, timeout: float | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`alembic ARGS` as users run it: a child process, from the project root, on `url`."""
     root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else None
     return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
+        alembic_argv(*args),
         cwd=root,
         env={**os.environ, **(env or {}), "DATABASE_URL": url},
         capture_output=True,

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.auth import token_service
+from app.db import alembic_argv
 from app.embedding.entities import MESSAGES
 from app.models.api_token import TokenScope
 from app.search.schemas import MessageSearchRequest
@@ -53,7 +54,7 @@ def our_servers(data_dir: Path) -> list[psutil.Process]:
 def test_status_on_the_embedded_server_and_processes_share_it(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "data")}
     migrate = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        alembic_argv("upgrade", "head"),
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
@@ -69,7 +70,7 @@ def test_status_on_the_embedded_server_and_processes_share_it(tmp_path: Path) ->
         text=True,
     )
     second = subprocess.Popen(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        alembic_argv("upgrade", "head"),
         cwd=REPO,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
