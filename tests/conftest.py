@@ -22,12 +22,33 @@ from app import db
 from testkit.launchers import NatsProcess, PostgresForTests, start_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_OWN_BASETEMP = pytest.StashKey[Path]()
 _TMP = Path(tempfile.mkdtemp(prefix="tasktracker-tests-"))
 # The app under test keeps its own files (secret key, embedded servers) out of the checkout.
 os.environ.setdefault("DATA_DIR", str(_TMP / "data"))
 # The stub servers listen on 127.0.0.1: providers stored through the API may reach them, as an
 # operator allows a local Ollama. Tests of the policy itself pass their own setting.
 os.environ.setdefault("PROVIDER_ALLOWED_HOSTS", "127.0.0.1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """tmp_path folders under a folder of this session, not /tmp/pytest-of-<user>.
+
+    The embedded Postgres runs as another user, who must traverse its folder's parents; pytest
+    resets /tmp/pytest-of-<user> to 0700 whenever a session starts, so any other pytest run on the
+    machine would cut a running server off its files. xdist workers inherit the folder.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="tasktracker-pytest-")
+        config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this session's tmp_path folders when every test passed (kept to debug a failure)."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
