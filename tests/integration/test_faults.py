@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -400,3 +401,42 @@ async def _wait_requests(pipeline: Pipeline, count: int) -> None:
     while pipeline.stub.stats()["requests"] < count:
         assert time.monotonic() < deadline, [w.output()[-2000:] for w in pipeline.workers]
         await asyncio.sleep(0.05)
+
+
+async def test_a_worker_waiting_out_a_lost_database_logs_one_line_and_stops_on_sigterm(
+    own_postgres: tuple[LocalPostgres, str], nats_url: str, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    """DB_RETRY_SECONDS is 300 by default: a SIGTERM must not wait for it. While Postgres is
+    gone, each failure is one line with its reason, never a traceback."""
+    server, db_url = own_postgres
+    async with _pipeline(db_url, nats_url, stub, tmp_path) as pipeline:
+        await insert_messages(pipeline.engine, 40)
+        async with pipeline.engine.connect() as conn:
+            ids = [str(i) for i in (await conn.execute(text("SELECT id FROM messages"))).scalars()]
+        await pipeline.engine.dispose()
+        worker = pipeline.worker()
+        await asyncio.to_thread(server.down)
+        try:
+            broker = build_broker(pipeline.settings())
+            await broker.startup()
+            try:  # tasks that arrive while the database is gone: each waits it out
+                kicker = embed_messages_batch_task.kicker().with_broker(broker)
+                for start in range(0, 40, 10):
+                    await kicker.kiq(ids[start : start + 10])
+            finally:
+                await broker.shutdown()
+            deadline = time.monotonic() + 120
+            while worker.output().count("database unreachable") < 4:
+                assert time.monotonic() < deadline, worker.output()[-3000:]
+                await asyncio.sleep(0.2)
+
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.process.wait, 90)  # far below the 300 s retry
+        finally:
+            await asyncio.to_thread(server.up)  # the fixture stops it
+
+        log = worker.output()
+        assert code == 0, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        assert "worker stopped" in log

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,10 @@ logger = logging.getLogger(__name__)
 DELIVERY_LABEL = "_delivery"
 # Stream settings this module owns; the others keep what the server chose.
 _STREAM_FIELDS = ("subjects", "retention", "max_age", "max_bytes", "discard")
+# A task's retry after a provider error is also the probe that sees the provider back: its wait
+# is capped so a returning provider is noticed within seconds (the service's own retries, with
+# full jitter and Retry-After, already spread the load of a fleet of workers).
+RETRY_MAX_DELAY = 5.0
 RETENTION_FIXED = 10052  # JetStream: "stream configuration update can not change retention"
 
 
@@ -302,6 +307,22 @@ async def worker_seen(target: AsyncBroker | None = None) -> bool:
     return bool(info.num_waiting)
 
 
+class ConnectionErrors:
+    """nats-py's error callback: one line with the reason, not its default traceback per
+    reconnect attempt; while NATS stays down, one line every `every` seconds."""
+
+    def __init__(self, every: float = 30.0):
+        self.every = every
+        self._last = -float("inf")
+
+    async def __call__(self, exc: Exception) -> None:
+        now = time.monotonic()
+        level = logging.WARNING if now - self._last >= self.every else logging.DEBUG
+        if level == logging.WARNING:
+            self._last = now
+        logger.log(level, "NATS connection error (%s: %s); reconnecting", type(exc).__name__, exc)
+
+
 def stream_config(settings: Settings) -> StreamConfig:
     """A work queue (acked tasks removed), bounded by age and bytes; a full one refuses tasks
     (their publisher leaves the rows to the sweeper)."""
@@ -321,7 +342,7 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
     retry = ProviderRetryMiddleware(
         default_retry_count=5,
         default_delay=2.0,
-        max_delay_exponent=min(60.0, settings.nats_ack_wait_seconds / 2),
+        max_delay_exponent=min(RETRY_MAX_DELAY, settings.nats_ack_wait_seconds / 2),
         types_of_exceptions=(EmbeddingProviderError,),
     )
     if settings.task_broker == "memory":
@@ -349,6 +370,7 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
         pull_consume_timeout=5.0,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        error_cb=ConnectionErrors(),
     )
     jetstream.settings = settings
     return jetstream.with_middlewares(retry)
