@@ -307,20 +307,20 @@ async def worker_seen(target: AsyncBroker | None = None) -> bool:
     return bool(info.num_waiting)
 
 
-class ConnectionErrors:
+def connection_errors(every: float = 30.0) -> Callable[[Exception], Awaitable[None]]:
     """nats-py's error callback: one line with the reason, not its default traceback per
     reconnect attempt; while NATS stays down, one line every `every` seconds."""
+    last = [-float("inf")]
 
-    def __init__(self, every: float = 30.0):
-        self.every = every
-        self._last = -float("inf")
-
-    async def __call__(self, exc: Exception) -> None:
+    async def on_error(exc: Exception) -> None:  # nats-py wants a coroutine function
         now = time.monotonic()
-        level = logging.WARNING if now - self._last >= self.every else logging.DEBUG
-        if level == logging.WARNING:
-            self._last = now
+        loud = now - last[0] >= every
+        if loud:
+            last[0] = now
+        level = logging.WARNING if loud else logging.DEBUG
         logger.log(level, "NATS connection error (%s: %s); reconnecting", type(exc).__name__, exc)
+
+    return on_error
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -370,7 +370,7 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
         pull_consume_timeout=5.0,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        error_cb=ConnectionErrors(),
+        error_cb=connection_errors(),
     )
     jetstream.settings = settings
     return jetstream.with_middlewares(retry)
