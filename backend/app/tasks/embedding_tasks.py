@@ -8,6 +8,10 @@
   be decrypted, it does not exist): the rows are parked with the reason at once.
 - Anything else (a poison message): delivered again with a backoff, at most max_deliver times;
   on the last delivery its rows are parked with the reason.
+
+A task of the default provider fills its batch with other waiting rows (embed_rows' fill_to),
+and tells the worker's Recovery when the database or the provider fails and comes back, which
+wakes the sweeper for the rows that waited with no task.
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ async def _embed_batch(
         recovery.back(PROVIDER)
     logger.info("embedded %s: %s (%d filled in)", entity.name, stats.as_dict(), stats.filled)
     if stats.busy and delivery is not None and not delivery.last:
-        # Another task holds them: done soon, or its worker died and the lease runs out.
+        # Another worker holds them: done soon, or it died and the lease runs out. (A task of
+        # this worker that filled them in finishes them or hands them to the sweeper.)
         await delivery.nak(settings.embedding_lease_seconds / 2)
     return stats.as_dict()
 

@@ -35,7 +35,8 @@ class OneLineTaskErrors(logging.Filter):
         record.msg, record.args = "task failed: %s", (reason(exc),)
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
+        # as a warning now: shown only where warnings are (LOG_LEVEL=ERROR hides it)
+        return logging.getLogger().isEnabledFor(logging.WARNING)
 
 
 def install() -> None:
