@@ -53,7 +53,7 @@ class EmbedStats:
     embedded: int = 0
     skipped: int = 0
     failed: int = 0
-    # Skipped because another task holds a live lease on them (not counted as done).
+    # Skipped because another process holds a live lease on them (not counted as done).
     busy: list[uuid.UUID] = field(default_factory=list)
     # Rows beyond the task's own ids taken into its batch (counted in embedded/failed too).
     filled: int = 0
