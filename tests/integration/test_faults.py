@@ -355,8 +355,12 @@ async def test_a_stream_with_waiting_tasks_keeps_them_and_takes_the_limits(nats_
 
 
 async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipeline) -> None:
+    # The redelivery (ack wait after the last renewal) must find the dead worker's lease (1 s
+    # after its last renewal) expired, or it leaves the rows to their holder's sweeper. With
+    # 3 s a database renewal slowed by 2 s breaks that (one failure under load, likely this
+    # cause); 8 s leaves a wide margin.
     pipeline.env.update(
-        NATS_MAX_DELIVER="2", NATS_ACK_WAIT_SECONDS="3", EMBEDDING_LEASE_SECONDS="1"
+        NATS_MAX_DELIVER="2", NATS_ACK_WAIT_SECONDS="8", EMBEDDING_LEASE_SECONDS="1"
     )
     await insert_messages(pipeline.engine, 10)
     pipeline.stub.set_outage({"hang": True})  # every delivery is in flight when its worker dies
@@ -399,7 +403,9 @@ async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipel
 async def _wait_requests(pipeline: Pipeline, count: int) -> None:
     deadline = time.monotonic() + 120
     while pipeline.stub.stats()["requests"] < count:
-        assert time.monotonic() < deadline, [w.output()[-2000:] for w in pipeline.workers]
+        if time.monotonic() > deadline:
+            workers = enumerate(pipeline.workers)
+            pytest.fail("\n".join(f"-- worker {i}:\n{w.output()[-1500:]}" for i, w in workers))
         await asyncio.sleep(0.05)
 
 
