@@ -14,12 +14,12 @@ from app.core.config import Settings
 from app.core.errors import EmbeddingProviderError
 from app.core.urls import to_asyncpg_url
 from app.db import create_engine, session_factory
-from app.services.embedding_jobs import embed_rows
-from app.services.embedding_queue import mark_queued
-from app.services.embedding_registry import EmbeddingRegistry, ServiceEntry
-from app.services.entities import MESSAGES
+from app.embedding.entities import MESSAGES
+from app.embedding.jobs import embed_rows
+from app.embedding.queue import mark_queued
+from app.embedding.registry import EmbeddingRegistry, ServiceEntry
+from testkit.stubs.openai_stub import OpenAIStub
 from tests.integration.conftest import DIMS, insert_messages
-from tests.stubs.openai_stub import OpenAIStub
 
 
 @pytest.fixture

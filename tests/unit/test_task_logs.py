@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.broker import connection_errors
 from app.core.errors import EmbeddingProviderError
 from app.core.log import redacting_handler
-from app.tasks import task_logs
-from app.tasks.broker import connection_errors
+from app.worker import task_logs
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ async def test_nats_connection_errors_are_one_line_each_half_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     on_error = connection_errors(every=30.0)
-    with caplog.at_level(logging.DEBUG, logger="app.tasks.broker"):
+    with caplog.at_level(logging.DEBUG, logger="app.broker"):
         for _ in range(5):
             await on_error(ConnectionRefusedError(111, "Connect call failed"))
     loud = [r for r in caplog.records if r.levelno == logging.WARNING]
