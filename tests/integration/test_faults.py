@@ -360,7 +360,11 @@ async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipel
     # 3 s a database renewal slowed by 2 s breaks that (one failure under load, likely this
     # cause); 8 s leaves a wide margin.
     pipeline.env.update(
-        NATS_MAX_DELIVER="2", NATS_ACK_WAIT_SECONDS="8", EMBEDDING_LEASE_SECONDS="1"
+        NATS_MAX_DELIVER="2",
+        NATS_ACK_WAIT_SECONDS="8",
+        EMBEDDING_LEASE_SECONDS="1",
+        # a hung request never times out and retries: each request is a delivery's
+        EMBEDDING_TIMEOUT_SECONDS="600",
     )
     await insert_messages(pipeline.engine, 10)
     pipeline.stub.set_outage({"hang": True})  # every delivery is in flight when its worker dies
@@ -369,7 +373,9 @@ async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipel
     await _wait_requests(pipeline, 1)
     others = [pipeline.worker("--no-sweeper"), pipeline.worker("--no-sweeper")]
     first.kill()
-    await _wait_requests(pipeline, 2)  # the redelivery, to one of the others
+    # the redelivery, to one of the others (counted from the kill: under load the others took
+    # over 30 s to start, and the first worker's own retry was taken for it)
+    await _wait_requests(pipeline, pipeline.stub.stats()["requests"] + 1)
     async with pipeline.engine.connect() as conn:  # the lease says who: host:pid:run
         owners = set(
             (await conn.execute(text("SELECT embedding_claimed_by FROM messages"))).scalars()
