@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,10 @@ logger = logging.getLogger(__name__)
 DELIVERY_LABEL = "_delivery"
 # Stream settings this module owns; the others keep what the server chose.
 _STREAM_FIELDS = ("subjects", "retention", "max_age", "max_bytes", "discard")
+# A task's retry after a provider error is also the probe that sees the provider back: its wait
+# is capped so a returning provider is noticed within seconds (the service's own retries, with
+# full jitter and Retry-After, already spread the load of a fleet of workers).
+RETRY_MAX_DELAY = 5.0
 RETENTION_FIXED = 10052  # JetStream: "stream configuration update can not change retention"
 
 
@@ -301,6 +306,22 @@ async def worker_seen(target: AsyncBroker | None = None) -> bool:
     return bool(info.num_waiting)
 
 
+def connection_errors(every: float = 30.0) -> Callable[[Exception], Awaitable[None]]:
+    """nats-py's error callback: one line with the reason, not its default traceback per
+    reconnect attempt; while NATS stays down, one line every `every` seconds."""
+    last = [-float("inf")]
+
+    async def on_error(exc: Exception) -> None:  # nats-py wants a coroutine function
+        now = time.monotonic()
+        loud = now - last[0] >= every
+        if loud:
+            last[0] = now
+        level = logging.WARNING if loud else logging.DEBUG
+        logger.log(level, "NATS connection error (%s: %s); reconnecting", type(exc).__name__, exc)
+
+    return on_error
+
+
 def stream_config(settings: Settings) -> StreamConfig:
     """A work queue (acked tasks removed), bounded by age and bytes; a full one refuses tasks
     (their publisher leaves the rows to the sweeper)."""
@@ -320,7 +341,7 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
     retry = ProviderRetryMiddleware(
         default_retry_count=5,
         default_delay=2.0,
-        max_delay_exponent=min(60.0, settings.nats_ack_wait_seconds / 2),
+        max_delay_exponent=min(RETRY_MAX_DELAY, settings.nats_ack_wait_seconds / 2),
         types_of_exceptions=(EmbeddingProviderError,),
     )
     if settings.task_broker == "memory":
@@ -348,6 +369,7 @@ def build_broker(settings: Settings | None = None) -> AsyncBroker:
         pull_consume_timeout=5.0,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        error_cb=connection_errors(),
     )
     jetstream.settings = settings
     return jetstream.with_middlewares(retry)

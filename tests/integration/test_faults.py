@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -354,8 +355,16 @@ async def test_a_stream_with_waiting_tasks_keeps_them_and_takes_the_limits(nats_
 
 
 async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipeline) -> None:
+    # The redelivery (ack wait after the last renewal) must find the dead worker's lease (1 s
+    # after its last renewal) expired, or it leaves the rows to their holder's sweeper. With
+    # 3 s a database renewal slowed by 2 s breaks that (one failure under load, likely this
+    # cause); 8 s leaves a wide margin.
     pipeline.env.update(
-        NATS_MAX_DELIVER="2", NATS_ACK_WAIT_SECONDS="3", EMBEDDING_LEASE_SECONDS="1"
+        NATS_MAX_DELIVER="2",
+        NATS_ACK_WAIT_SECONDS="8",
+        EMBEDDING_LEASE_SECONDS="1",
+        # a hung request never times out and retries: each request is a delivery's
+        EMBEDDING_TIMEOUT_SECONDS="600",
     )
     await insert_messages(pipeline.engine, 10)
     pipeline.stub.set_outage({"hang": True})  # every delivery is in flight when its worker dies
@@ -364,7 +373,9 @@ async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipel
     await _wait_requests(pipeline, 1)
     others = [pipeline.worker("--no-sweeper"), pipeline.worker("--no-sweeper")]
     first.kill()
-    await _wait_requests(pipeline, 2)  # the redelivery, to one of the others
+    # the redelivery, to one of the others (counted from the kill: under load the others took
+    # over 30 s to start, and the first worker's own retry was taken for it)
+    await _wait_requests(pipeline, pipeline.stub.stats()["requests"] + 1)
     async with pipeline.engine.connect() as conn:  # the lease says who: host:pid:run
         owners = set(
             (await conn.execute(text("SELECT embedding_claimed_by FROM messages"))).scalars()
@@ -398,5 +409,46 @@ async def test_a_task_that_kills_its_worker_every_time_is_parked(pipeline: Pipel
 async def _wait_requests(pipeline: Pipeline, count: int) -> None:
     deadline = time.monotonic() + 120
     while pipeline.stub.stats()["requests"] < count:
-        assert time.monotonic() < deadline, [w.output()[-2000:] for w in pipeline.workers]
+        if time.monotonic() > deadline:
+            workers = enumerate(pipeline.workers)
+            pytest.fail("\n".join(f"-- worker {i}:\n{w.output()[-1500:]}" for i, w in workers))
         await asyncio.sleep(0.05)
+
+
+async def test_a_worker_waiting_out_a_lost_database_logs_one_line_and_stops_on_sigterm(
+    own_postgres: tuple[LocalPostgres, str], nats_url: str, stub: OpenAIStub, tmp_path: Path
+) -> None:
+    """DB_RETRY_SECONDS is 300 by default: a SIGTERM must not wait for it. While Postgres is
+    gone, each failure is one line with its reason, never a traceback."""
+    server, db_url = own_postgres
+    async with _pipeline(db_url, nats_url, stub, tmp_path) as pipeline:
+        await insert_messages(pipeline.engine, 40)
+        async with pipeline.engine.connect() as conn:
+            ids = [str(i) for i in (await conn.execute(text("SELECT id FROM messages"))).scalars()]
+        await pipeline.engine.dispose()
+        worker = pipeline.worker()
+        await asyncio.to_thread(server.down)
+        try:
+            broker = build_broker(pipeline.settings())
+            await broker.startup()
+            try:  # tasks that arrive while the database is gone: each waits it out
+                kicker = embed_messages_batch_task.kicker().with_broker(broker)
+                for start in range(0, 40, 10):
+                    await kicker.kiq(ids[start : start + 10])
+            finally:
+                await broker.shutdown()
+            deadline = time.monotonic() + 120
+            while worker.output().count("database unreachable") < 4:
+                assert time.monotonic() < deadline, worker.output()[-3000:]
+                await asyncio.sleep(0.2)
+
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.process.wait, 90)  # far below the 300 s retry
+        finally:
+            await asyncio.to_thread(server.up)  # the fixture stops it
+
+        log = worker.output()
+        assert code == 0, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+        assert "worker stopped" in log

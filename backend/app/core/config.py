@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     sweeper_interval_seconds: float = Field(default=30.0, gt=0)
     sweeper_grace_seconds: float = Field(default=60.0, ge=0)
     worker_max_async_tasks: int = Field(default=4, ge=1, le=256)
+    # On SIGTERM/SIGINT, in-flight tasks get this long to finish; the rest are cut (their leases
+    # expire and JetStream delivers them again), so a stopped worker never lingers.
+    worker_stop_seconds: float = Field(default=10.0, gt=0)
     nats_ack_wait_seconds: float = Field(default=120.0, gt=0)
     # A message that never completes (crashes or hangs its worker) is delivered this many times,
     # then its rows are parked with the reason.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 # The local model's OpenMP threads spin while they wait for work; in an API or worker that
@@ -25,7 +26,9 @@ class Child:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            list(self.argv), env={**CHILD_DEFAULTS, **os.environ, **self.env}
+            list(self.argv),
+            env={**CHILD_DEFAULTS, **os.environ, **self.env},
+            preexec_fn=_stop_with_parent(os.getpid()),  # prctl only: safe before exec
         )
 
     @property
@@ -36,9 +39,29 @@ class Child:
         return None if self.process is None else self.process.poll()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> Callable[[], None] | None:
+    """In the child before exec: SIGTERM when the parent dies (Linux), so a supervisor killed
+    with SIGKILL leaves no worker or API behind. Elsewhere nothing (stop_all still applies)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def api_child(env: dict[str, str], host: str, port: int, *extra: str) -> Child:
     """The API under uvicorn, as a child process."""
     argv = [sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory"]
+    # a stopped API waits this long for requests in flight, not for ever
+    argv += ["--timeout-graceful-shutdown", "10"]
     return Child("api", [*argv, "--host", host, "--port", str(port), *extra], env)
 
 

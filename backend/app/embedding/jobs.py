@@ -10,8 +10,12 @@ embed each row once; a lease that expires (worker killed) makes the rows claimab
 
 A database that goes away (restart, failover) is waited out: each step is retried with backoff
 until the database answers or `db_retry_seconds` pass; vectors already made are not asked for
-again. A provider outage raises, nothing is written and the leases are released (the rows stay on
-the queue: the caller retries, or hands them back with `embedding_queue.mark_queued`).
+again; a process that is stopping gives up at once (`DbRetry.stop`). A provider outage raises,
+nothing is written and the leases are released (the rows stay on the queue: the caller retries,
+or hands them back with `embedding_queue.mark_queued`).
+
+A task may fill its batch (`fill_to`) with other rows that wait: after an outage the backlog
+drains a full batch per provider call instead of one row per queued task.
 """
 
 from __future__ import annotations
@@ -49,8 +53,10 @@ class EmbedStats:
     embedded: int = 0
     skipped: int = 0
     failed: int = 0
-    # Skipped because another task holds a live lease on them (not counted as done).
+    # Skipped because another process holds a live lease on them (not counted as done).
     busy: list[uuid.UUID] = field(default_factory=list)
+    # Rows beyond the task's own ids taken into its batch (counted in embedded/failed too).
+    filled: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"embedded": self.embedded, "skipped": self.skipped, "failed": self.failed}
@@ -66,6 +72,11 @@ class Lease:
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     )
 
+    @property
+    def process(self) -> str:
+        """The owner's prefix shared by every lease of this process ("host:pid:")."""
+        return self.owner.rsplit(":", 1)[0] + ":"
+
 
 @dataclass(frozen=True)
 class DbRetry:
@@ -74,15 +85,26 @@ class DbRetry:
     seconds: float = 300.0
     base_delay: float = 0.25
     max_delay: float = 2.0
+    # Set when the process is stopping: the wait ends, the last error is raised.
+    stop: asyncio.Event | None = None
+    # Told when the database fails and when it answers again after failing.
+    failed: Callable[[], None] | None = None
+    recovered: Callable[[], None] | None = None
 
     async def run(self, step: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.seconds
         attempt = 0
         while True:
             try:
-                return await step()
+                result = await step()
             except Exception as exc:
-                if not is_transient_db_error(exc) or time.monotonic() >= deadline:
+                if not is_transient_db_error(exc):
+                    raise
+                if self.failed is not None:
+                    self.failed()
+                if time.monotonic() >= deadline:
+                    raise
+                if self.stop is not None and self.stop.is_set():
                     raise
                 attempt += 1
                 delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
@@ -95,7 +117,18 @@ class DbRetry:
                         attempt,
                         delay,
                     )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
+                continue
+            if attempt and self.recovered is not None:
+                self.recovered()
+            return result
+
+    async def _sleep(self, delay: float) -> None:
+        if self.stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), delay)
 
 
 async def driver_connection(conn: Any) -> Any:
@@ -128,10 +161,31 @@ def _claim_sql(entity: Entity) -> str:
     """
 
 
+def _fill_sql(entity: Entity) -> str:
+    # Any other row waiting for its text to be embedded (the partial pending index finds them):
+    # a backlog left by an outage drains a full batch per provider call, not a row per task.
+    return f"""
+        UPDATE {entity.table} AS t
+        SET embedding_claimed_by = $1, embedding_claim_expires_at = now() + make_interval(secs => $2)
+        FROM (
+            SELECT id FROM {entity.table}
+            WHERE {NEEDS_TEXT} AND embedding_attempts < $3
+              AND (embedding_claimed_by IS NULL OR embedding_claim_expires_at < now())
+            ORDER BY id
+            LIMIT $4
+            FOR UPDATE SKIP LOCKED
+        ) AS c
+        WHERE t.id = c.id
+        RETURNING t.id, {entity.text_sql} AS text, t.content_hash
+    """
+
+
 def _busy_sql(entity: Entity) -> str:
+    # Held by another process: a lease of this process is another task of it, which finishes
+    # the rows or hands them back (see _embed_claimed).
     return f"""
         SELECT id FROM {entity.table}
-        WHERE id = ANY($1::uuid[]) AND embedding_claimed_by <> $2
+        WHERE id = ANY($1::uuid[]) AND NOT starts_with(embedding_claimed_by, $2)
           AND embedding_claim_expires_at >= now()
           AND {NEEDS_TEXT}
         ORDER BY id
@@ -198,12 +252,24 @@ async def _claim(
     return sorted(rows, key=lambda row: row["id"])
 
 
+async def _fill(
+    engine: AsyncEngine, entity: Entity, count: int, max_attempts: int, lease: Lease
+) -> list[Any]:
+    """Claim up to `count` more rows that wait for an embedding (any ids)."""
+    async with engine.connect() as conn:
+        apg = await driver_connection(conn)
+        rows: list[Any] = await apg.fetch(
+            _fill_sql(entity), lease.owner, lease.seconds, max_attempts, count
+        )
+    return rows
+
+
 async def _busy(
     engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID], lease: Lease
 ) -> list[uuid.UUID]:
     async with engine.connect() as conn:
         apg = await driver_connection(conn)
-        rows = await apg.fetch(_busy_sql(entity), list(ids), lease.owner)
+        rows = await apg.fetch(_busy_sql(entity), list(ids), lease.process)
     return [row["id"] for row in rows]
 
 
@@ -312,8 +378,13 @@ async def embed_rows(
     lease: Lease | None = None,
     retry: DbRetry | None = None,
     heartbeat: Heartbeat | None = None,
+    fill_to: int = 0,
 ) -> EmbedStats:
-    """Embed the rows among `ids` that need it; return embedded/skipped/failed counts."""
+    """Embed the rows among `ids` that need it; return embedded/skipped/failed counts.
+
+    With `fill_to`, the first claim is topped up to that many rows with any others that wait
+    for their text to be embedded (their own tasks then find nothing to do).
+    """
     lease = lease or Lease()
     retry = retry or DbRetry()
     stats = EmbedStats()
@@ -321,22 +392,48 @@ async def embed_rows(
     for _ in range(MAX_ROUNDS):
         rows = await retry.run(partial(_claim, engine, entity, todo, model, max_attempts, lease))
         stats.skipped += len(todo) - len(rows)
-        if first and len(rows) < len(todo):
-            stats.busy = await retry.run(partial(_busy, engine, entity, todo, lease))
+        filled: list[Any] = []
+        if first:
+            if len(rows) < len(todo):
+                stats.busy = await retry.run(partial(_busy, engine, entity, todo, lease))
+            if fill_to > len(rows):
+                more = fill_to - len(rows)
+                filled = await retry.run(partial(_fill, engine, entity, more, max_attempts, lease))
+                stats.filled = len(filled)
         first = False
+        rows = sorted([*rows, *filled], key=lambda row: row["id"])
         if not rows:
             return stats
-        claimed = [row["id"] for row in rows]
-        try:
-            async with _renewing(engine, entity, claimed, lease, heartbeat):
-                outcomes = await service.embed_documents([row["text"] for row in rows])
-        except BaseException:
-            with contextlib.suppress(Exception):  # a lease not released expires
-                await release(engine, entity, claimed, lease.owner)
-            raise
+        outcomes = await _embed_claimed(engine, entity, rows, filled, service, lease, heartbeat)
         written = await retry.run(partial(_write, engine, entity, rows, outcomes, model, lease))
         stats.embedded += written.embedded
         stats.failed += written.failed
         todo = written.edited
     stats.skipped += len(todo)
     return stats
+
+
+async def _embed_claimed(
+    engine: AsyncEngine,
+    entity: Entity,
+    rows: list[Any],
+    filled: list[Any],
+    service: EmbeddingService,
+    lease: Lease,
+    heartbeat: Heartbeat | None,
+) -> list[EmbedOutcome]:
+    """The provider call under a renewed lease; on failure the leases are given up at once:
+    the task's own rows for its retry, the rows it filled in back to the sweeper."""
+    claimed = [row["id"] for row in rows]
+    try:
+        async with _renewing(engine, entity, claimed, lease, heartbeat):
+            return await service.embed_documents([row["text"] for row in rows])
+    except BaseException:
+        others = {row["id"] for row in filled}
+        own = [i for i in claimed if i not in others]
+        with contextlib.suppress(Exception):  # a lease not released expires
+            await release(engine, entity, own, lease.owner)
+        with contextlib.suppress(Exception):
+            if others:
+                await release(engine, entity, sorted(others), lease.owner, requeue=True)
+        raise

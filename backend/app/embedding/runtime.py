@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings, get_settings
 from app.db import create_engine, session_factory
+from app.embedding.recovery import Recovery
 from app.embedding.registry import EmbeddingRegistry, ServiceEntry
 
 
@@ -18,6 +20,9 @@ class TaskRuntime:
         self.settings = settings or get_settings()
         self._engine: AsyncEngine | None = None
         self.registry = EmbeddingRegistry(self.settings)
+        # Set by the worker when it stops: waits on a dependency end (see DbRetry.stop).
+        self.stopping: asyncio.Event | None = None
+        self.recovery = Recovery()
 
     @property
     def engine(self) -> AsyncEngine:

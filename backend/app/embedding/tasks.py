@@ -8,12 +8,17 @@
   be decrypted, it does not exist): the rows are parked with the reason at once.
 - Anything else (a poison message): delivered again with a backoff, at most max_deliver times;
   on the last delivery its rows are parked with the reason.
+
+A task of the default provider fills its batch with other waiting rows (embed_rows' fill_to),
+and tells the worker's Recovery when the database or the provider fails and comes back, which
+wakes the sweeper for the rows that waited with no task.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
@@ -21,12 +26,14 @@ from taskiq.kicker import AsyncKicker
 from taskiq.message import TaskiqMessage
 
 from app.broker import Delivery, ProviderRetryMiddleware, broker, current_delivery
+from app.core.config import Settings
 from app.core.errors import AppError, EmbeddingProviderError
 from app.db import is_transient_db_error
 from app.embedding import runtime as runtime_module
 from app.embedding.entities import ATOMS, MESSAGES, Entity
 from app.embedding.jobs import DbRetry, Lease, embed_rows
 from app.embedding.queue import Enqueue, mark_queued, park
+from app.embedding.recovery import DATABASE, PROVIDER
 
 logger = logging.getLogger(__name__)
 # The running task's context, given by taskiq (None when the function is called directly).
@@ -37,13 +44,30 @@ TASK_ENTITIES = {MESSAGES_TASK: MESSAGES, ATOMS_TASK: ATOMS}
 REDELIVERY_DELAY = 5.0  # seconds before the first redelivery of a failed message; doubles
 
 
+def _db_retry(runtime: runtime_module.TaskRuntime) -> DbRetry:
+    """Wait the database out (not past a stop), telling the sweeper when it is back."""
+    recovery = runtime.recovery
+    return DbRetry(
+        seconds=runtime.settings.db_retry_seconds,
+        stop=runtime.stopping,
+        failed=partial(recovery.failed, DATABASE),
+        recovered=partial(recovery.back, DATABASE),
+    )
+
+
+def _lease(settings: Settings) -> Lease:
+    # renewed often enough for JetStream's ack timer too
+    every = min(settings.embedding_lease_seconds, settings.nats_ack_wait_seconds) / 3
+    return Lease(seconds=settings.embedding_lease_seconds, renew_every=every)
+
+
 async def _embed_batch(
     entity: Entity, ids: list[str], provider_id: str | None, context: Context | None
 ) -> dict[str, int]:
     runtime = runtime_module.runtime
-    settings = runtime.settings
+    settings, recovery = runtime.settings, runtime.recovery
     delivery = current_delivery(context) if context is not None else None
-    retry = DbRetry(seconds=settings.db_retry_seconds)
+    retry = _db_retry(runtime)
     row_ids = [uuid.UUID(i) for i in ids]
     try:
         entry = await retry.run(lambda: runtime.embedding(provider_id))
@@ -54,23 +78,24 @@ async def _embed_batch(
             entry.service,
             model=entry.spec.model,
             max_attempts=settings.embedding_max_attempts,
-            lease=Lease(
-                seconds=settings.embedding_lease_seconds,
-                # often enough for JetStream's ack timer too
-                renew_every=min(settings.embedding_lease_seconds, settings.nats_ack_wait_seconds)
-                / 3,
-            ),
+            lease=_lease(settings),
             retry=retry,
             heartbeat=delivery.in_progress if delivery is not None else None,
+            # The default provider's tasks take other waiting rows into their batch.
+            fill_to=settings.task_batch_size if provider_id is None else 0,
         )
     except EmbeddingProviderError:
+        recovery.failed(PROVIDER)
         raise  # the retry middleware's
     except Exception as exc:  # noqa: BLE001 - sorted below: wait, park or deliver again
         await _failed(entity, row_ids, exc, delivery)
         return {"embedded": 0, "skipped": 0, "failed": len(row_ids)}
-    logger.info("embedded %s: %s", entity.name, stats.as_dict())
+    if stats.embedded:
+        recovery.back(PROVIDER)
+    logger.info("embedded %s: %s (%d filled in)", entity.name, stats.as_dict(), stats.filled)
     if stats.busy and delivery is not None and not delivery.last:
-        # Another task holds them: done soon, or its worker died and the lease runs out.
+        # Another worker holds them: done soon, or it died and the lease runs out. (A task of
+        # this worker that filled them in finishes them or hands them to the sweeper.)
         await delivery.nak(settings.embedding_lease_seconds / 2)
     return stats.as_dict()
 

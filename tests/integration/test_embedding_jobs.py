@@ -1,0 +1,108 @@
+"""embed_rows' fill: a task takes other waiting rows into its batch, and hands them back to the
+sweeper when the provider fails (the backlog after an outage drains a batch per call)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.core.errors import EmbeddingProviderError
+from app.core.urls import to_asyncpg_url
+from app.db import create_engine, session_factory
+from app.embedding.entities import MESSAGES
+from app.embedding.jobs import embed_rows
+from app.embedding.queue import mark_queued
+from app.embedding.registry import EmbeddingRegistry, ServiceEntry
+from testkit.stubs.openai_stub import OpenAIStub
+from tests.integration.conftest import DIMS, insert_messages
+
+
+@pytest.fixture
+async def db(make_db: Callable[[], str]) -> AsyncIterator[AsyncEngine]:
+    # the app's engine: the vector codec registered
+    engine = create_engine(to_asyncpg_url(make_db()))
+    yield engine
+    await engine.dispose()
+
+
+async def _service(engine: AsyncEngine, stub: OpenAIStub) -> tuple[EmbeddingRegistry, ServiceEntry]:
+    settings = Settings(
+        embedding_provider="openai",
+        embedding_model="text-embedding-3-small",
+        embedding_base_url=stub.base_url,
+        embedding_api_key="test-key",  # type: ignore[arg-type]
+        embedding_dimensions=DIMS,
+        embedding_max_retries=0,  # a provider error surfaces at once
+    )
+    registry = EmbeddingRegistry(settings)
+    async with session_factory(engine)() as session:
+        return registry, await registry.get(session)
+
+
+async def _ids(engine: AsyncEngine) -> list[uuid.UUID]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(text("SELECT id FROM messages ORDER BY id"))).scalars())
+
+
+async def test_a_task_fills_its_batch_with_waiting_rows_in_one_provider_call(
+    db: AsyncEngine, stub: OpenAIStub
+) -> None:
+    await insert_messages(db, 60)
+    ids = await _ids(db)
+    async with db.begin() as conn:  # parked rows are left to `backfill --retry-failed`
+        await conn.execute(
+            text("UPDATE messages SET embedding_attempts = 3 WHERE id = ANY(:ids)"),
+            {"ids": ids[-5:]},
+        )
+    registry, entry = await _service(db, stub)
+    try:
+        stats = await embed_rows(
+            db, MESSAGES, [ids[-6]], entry.service, model=entry.spec.model, max_attempts=3,
+            fill_to=40,
+        )  # fmt: skip
+    finally:
+        await registry.aclose()
+
+    assert (stats.embedded, stats.filled) == (40, 39)
+    assert stub.stats()["requests"] == 1
+    async with db.connect() as conn:
+        done = set(
+            (
+                await conn.execute(text("SELECT id FROM messages WHERE embedding IS NOT NULL"))
+            ).scalars()
+        )
+    assert ids[-6] in done and len(done) == 40
+    assert not done & set(ids[-5:])
+
+
+async def test_rows_filled_in_go_back_to_the_sweeper_when_the_provider_fails(
+    db: AsyncEngine, stub: OpenAIStub
+) -> None:
+    await insert_messages(db, 20)
+    ids = await _ids(db)
+    await mark_queued(db, MESSAGES, ids)  # every row has a task on the queue
+    registry, entry = await _service(db, stub)
+    stub.set_outage({"status": 503})
+    try:
+        with pytest.raises(EmbeddingProviderError):
+            await embed_rows(
+                db, MESSAGES, [ids[0]], entry.service, model=entry.spec.model, max_attempts=3,
+                fill_to=20,
+            )  # fmt: skip
+    finally:
+        await registry.aclose()
+
+    async with db.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT id, embedding_claimed_by, embedding_queued_at FROM messages")
+            )
+        ).all()
+    assert all(claimed is None for _, claimed, _ in rows)  # no lease left to expire
+    queued = {row_id for row_id, _, queued_at in rows if queued_at is not None}
+    assert queued == {ids[0]}  # its own task retries it; the others are the sweeper's now
