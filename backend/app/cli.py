@@ -136,11 +136,20 @@ def worker(
     no_sweeper: Annotated[
         bool, typer.Option("--no-sweeper", help="Do not run the sweeper.")
     ] = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=256, help="Tasks in flight at once (default: WORKER_MAX_ASYNC_TASKS, 4)."
+        ),
+    ] = None,
 ) -> None:
     """Consume embedding and extraction tasks from NATS JetStream until SIGINT/SIGTERM."""
     from app.tasks.worker import run_worker
 
-    run(lambda: run_worker(get_settings(), sweeper=not no_sweeper))
+    settings = get_settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_max_async_tasks": concurrency})
+    run(lambda: run_worker(settings, sweeper=not no_sweeper))
 
 
 @app.command()
@@ -149,9 +158,18 @@ def services(
     host: Annotated[str | None, typer.Option(help="API host.")] = None,
     port: Annotated[int | None, typer.Option(help="API port.")] = None,
     migrate: Annotated[bool, typer.Option(help="Run `alembic upgrade head` first.")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes on the shared consumer.")
+    ] = 1,
+    nats_cluster: Annotated[
+        int,
+        typer.Option(
+            min=0, max=7, help="Start a local JetStream cluster of N nodes (3: an R3 stream)."
+        ),
+    ] = 0,
 ) -> None:
-    """Run Postgres, NATS, the worker and the API in the foreground; Ctrl-C stops them all."""
-    from app.services_runner import print_services_status, run_services
+    """Run Postgres, NATS, the workers and the API in the foreground; Ctrl-C stops them all."""
+    from app.services_runner import Topology, print_services_status, run_services
 
     if show_status:
         print_services_status(console)
@@ -164,6 +182,7 @@ def services(
             port=port or settings.api_port,
             migrate=migrate,
             console=console,
+            topology=Topology(workers=workers, nats_cluster=nats_cluster),
         )
     except AppError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -16,8 +17,9 @@ from app.core import endpoints
 from app.core.config import Settings, get_settings
 from app.core.embedded import signals_ignored
 from app.core.errors import ConfigurationError
-from app.core.supervisor import api_child, supervise, worker_child
-from app.core.urls import redact_url
+from app.core.nats_cluster import NatsCluster
+from app.core.supervisor import Child, api_child, supervise, worker_child
+from app.core.urls import redact_nats_url, redact_url
 
 
 def _state_file(settings: Settings) -> Path:
@@ -37,23 +39,51 @@ def migrate_database(db_url: str) -> None:
         raise ConfigurationError(f"migrations failed: {last}")
 
 
+@dataclass(frozen=True)
+class Topology:
+    """How many of each: worker processes, and NATS nodes (0: one server, embedded or NATS_URL)."""
+
+    workers: int = 1
+    nats_cluster: int = 0
+
+
 def run_services(
-    settings: Settings, *, host: str, port: int, migrate: bool, console: Console
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    migrate: bool,
+    console: Console,
+    topology: Topology | None = None,
 ) -> int:
-    """Start (or join) Postgres and NATS, run migrations, then the worker and the API."""
+    """Start (or join) Postgres and NATS, run migrations, then the workers and the API."""
+    topology = topology or Topology()
+    cluster: NatsCluster | None = None
     try:
         db_url = endpoints.database_url(settings)
-        nats = endpoints.nats_url(settings)
+        env = {"DATABASE_URL": db_url}
+        if topology.nats_cluster:
+            cluster = _start_cluster(settings, topology.nats_cluster, console)
+            env["NATS_URL"] = cluster.url
+            env["NATS_STREAM_REPLICAS"] = str(min(3, topology.nats_cluster))
+        else:
+            env["NATS_URL"] = endpoints.nats_url(settings)
         if migrate:
             migrate_database(db_url)
-        env = {"DATABASE_URL": db_url, "NATS_URL": nats}
-        children = [worker_child(env), api_child(env, host, port, "--no-access-log")]
+        children = [*_workers(env, topology.workers), api_child(env, host, port, "--no-access-log")]
         api_url = f"http://{host}:{port}"
         console.print(
-            f"postgres: {redact_url(db_url)}\nnats:     {nats}\napi:      {api_url}/docs\n"
+            f"postgres: {redact_url(db_url)}\nnats:     {redact_nats_url(env['NATS_URL'])}\n"
+            f"workers:  {topology.workers}\napi:      {api_url}/docs\n"
             f"console:  {api_url}/console (sign in with a token)"
         )
-        state = {"pid": os.getpid(), "database": redact_url(db_url), "nats": nats, "api": api_url}
+        state = {
+            "pid": os.getpid(),
+            "database": redact_url(db_url),
+            "nats": redact_nats_url(env["NATS_URL"]),
+            "api": api_url,
+            "workers": topology.workers,
+        }
         _state_file(settings).parent.mkdir(parents=True, exist_ok=True)
         _state_file(settings).write_text(json.dumps(state))
         return supervise(children)
@@ -62,7 +92,28 @@ def run_services(
         # the embedded servers must not be cut short by it (it left nats-server running).
         with signals_ignored():
             _state_file(settings).unlink(missing_ok=True)
+            if cluster is not None:
+                cluster.stop()
             endpoints.release()
+
+
+def _start_cluster(settings: Settings, size: int, console: Console) -> NatsCluster:
+    if settings.nats_url:
+        raise ConfigurationError(
+            "--nats-cluster starts a local cluster, but NATS_URL is set. Fix: unset NATS_URL, "
+            "or drop --nats-cluster to use the servers it names."
+        )
+    console.print(f"starting a {size}-node JetStream cluster on 127.0.0.1 ...")
+    return NatsCluster(size, settings.data_dir / "nats-cluster").start()
+
+
+def _workers(env: dict[str, str], count: int) -> list[Child]:
+    """`count` worker processes on the shared durable consumer; the first runs the sweeper
+    (one is enough: the others would scan the same rows)."""
+    return [
+        worker_child(env, *(() if i == 0 else ("--no-sweeper",)), name=f"worker-{i + 1}")
+        for i in range(count)
+    ]
 
 
 def print_services_status(console: Console) -> None:
@@ -72,11 +123,15 @@ def print_services_status(console: Console) -> None:
     for column in ("service", "where", "running"):
         table.add_column(column)
     table.add_row("postgres", *_postgres_status(settings))
-    table.add_row("nats", *_nats_status(settings))
     state_path = _state_file(settings)
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     up = state is not None and psutil.pid_exists(state["pid"])
-    table.add_row("worker + api", state["api"] if state else "-", "yes" if up else "no")
+    nats = _nats_status(settings)
+    if up and state and "," in state.get("nats", ""):
+        nats = (f"cluster {state['nats']}", "yes")
+    table.add_row("nats", *nats)
+    workers = f"{state.get('workers', 1)} worker(s) + api" if state else "worker + api"
+    table.add_row(workers, state["api"] if state else "-", "yes" if up else "no")
     console.print(table)
 
 
@@ -90,7 +145,7 @@ def _postgres_status(settings: Settings) -> tuple[str, str]:
 
 def _nats_status(settings: Settings) -> tuple[str, str]:
     if settings.nats_url:
-        return redact_url(settings.nats_url), "external"
+        return redact_nats_url(settings.nats_url), "external"
     state = settings.nats_dir / "server.json"
     if not state.exists():
         return f"embedded, {settings.nats_dir}", "no"

@@ -6,18 +6,26 @@ the middle of a backfill, and the publishers and workers ride it out. Default wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
+import psutil
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.core.config import Settings
+from app.core.embedded import free_port
 from app.core.nats_cluster import NatsCluster
 from app.core.urls import nats_servers, to_asyncpg_url, to_libpq_url
 from app.services.embedding_queue import publish
@@ -204,3 +212,95 @@ async def test_losing_the_stream_leader_mid_backfill_loses_and_repeats_nothing(
     twice = {t: n for t, n in counts.items() if n != 1}
     assert len(counts) == ROWS and not twice, f"{len(counts)} texts, twice: {list(twice)[:5]}"
     assert all(w.process is not None and w.process.poll() is None for w in pipeline.workers)
+
+
+def _ours(data_dir: Path, needle: str) -> list[psutil.Process]:
+    """Processes whose command line names `needle` and (for nats-server) the data folder."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if needle not in cmdline:
+                continue
+            where = cmdline + " " + (process.info["environ"] or {}).get("DATA_DIR", "")
+            if str(data_dir) in where:
+                found.append(process)
+    return found
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.3)
+
+
+async def test_services_with_a_cluster_and_two_workers_starts_and_stops_them_all(
+    make_db: Callable[[], str], stub: OpenAIStub, tmp_path: Path
+) -> None:
+    data_dir, port = tmp_path / "data", free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
+        "DATABASE_URL": make_db(),
+        "DATA_DIR": str(data_dir),
+        "NATS_STREAM": f"s{uuid.uuid4().hex[:10]}",
+        "EMBEDDING_PROVIDER": "openai",
+        "EMBEDDING_MODEL": "text-embedding-3-small",
+        "EMBEDDING_BASE_URL": stub.base_url,
+        "EMBEDDING_API_KEY": "test-key",
+        "EMBEDDING_DIMENSIONS": str(DIMS),
+    }
+    argv = [sys.executable, "-m", "app.cli", "services", "--port", str(port)]
+    services = subprocess.Popen(
+        [*argv, "--nats-cluster", "3", "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+            async def ready() -> bool:
+                assert services.poll() is None, services.stdout.read() if services.stdout else ""
+                with contextlib.suppress(httpx.TransportError):
+                    return (await client.get("/api/v1/health/ready")).status_code == 200
+                return False
+
+            await _until(ready, "the API did not become ready")
+        nodes = _ours(data_dir, "nats-server")
+        assert len(nodes) == 3, [p.info["cmdline"] for p in nodes]
+        await _until(lambda: _true(len(_ours(data_dir, "app.cli worker")) == 2), "two workers", 60)
+        urls = ",".join(f"nats://127.0.0.1:{_client_port(p)}" for p in nodes)
+        client_nats = await nats.connect(nats_servers(urls))
+        try:
+
+            async def replicated() -> bool:
+                with contextlib.suppress(Exception):
+                    info = await client_nats.jetstream().stream_info(env["NATS_STREAM"])
+                    return info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
+                return False
+
+            await _until(replicated, "the stream is not R3 on the cluster", 60)
+        finally:
+            await client_nats.close()
+        os.killpg(services.pid, signal.SIGINT)
+        assert services.wait(120) in (0, 130)
+    finally:
+        if services.poll() is None:
+            os.killpg(services.pid, signal.SIGKILL)
+            services.wait()
+    await _until(
+        lambda: _true(not _ours(data_dir, "nats-server") and not _ours(data_dir, "app.cli worker")),
+        "nats nodes or workers left running",
+        60,
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _client_port(process: psutil.Process) -> str:
+    cmdline = process.info["cmdline"]
+    return str(cmdline[cmdline.index("-p") + 1])
