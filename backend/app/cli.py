@@ -266,7 +266,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(index_app, name="index")
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
-NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults")
+NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults", "workers")
 
 
 @app.command("bench")
@@ -274,8 +274,8 @@ def bench(
     what: Annotated[
         str,
         typer.Argument(
-            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load "
-            "or faults."
+            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load, "
+            "faults or workers (1, 2, 4 worker processes and a 3-node cluster: docs/SCALING.md)."
         ),
     ] = "all",
     quick: Annotated[
@@ -294,6 +294,9 @@ def bench(
             f"{', '.join((*BENCH_SECTIONS, *NAMED_ONLY))}, all"
         )
         raise typer.Exit(2)
+    if what == "workers":
+        _bench_workers(quick)
+        return
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -314,6 +317,15 @@ def bench(
 
     path = run(go)
     console.print(f"wrote {path}")
+
+
+def _bench_workers(quick: bool) -> None:
+    """Worker scaling figures into docs/bench/workers.json and docs/SCALING.md."""
+    from app.bench import workers
+
+    figures = run(lambda: workers.run(get_settings(), quick=quick))
+    console.print(workers.render(figures))
+    console.print(f"wrote {workers.write(figures)}")
 
 
 def main() -> None:
