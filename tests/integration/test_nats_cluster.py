@@ -304,3 +304,29 @@ async def _true(value: bool) -> bool:
 def _client_port(process: psutil.Process) -> str:
     cmdline = process.info["cmdline"]
     return str(cmdline[cmdline.index("-p") + 1])
+
+
+async def test_with_nats_down_entirely_a_publish_gives_up_without_waiting_out_the_retries(
+    tmp_path: Path,
+) -> None:
+    """The retries are for a cluster electing a leader; with no server at all the publisher
+    leaves the rows to the sweeper about as soon as before (one request timeout)."""
+    from taskiq import BrokerMessage
+
+    from app.tasks.broker import PUBLISH_RETRY_SECONDS
+    from tests.services import NatsProcess
+
+    server = NatsProcess(tmp_path / "nats")
+    server.start()
+    broker = build_broker(Settings(nats_url=server.url, nats_stream="down"))
+    await broker.startup()
+    try:
+        server.stop()
+        began = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - nats raises its own family
+            await broker.kick(BrokerMessage(task_id="t1", task_name="t", message=b"{}", labels={}))
+        took = time.monotonic() - began
+        assert took < PUBLISH_RETRY_SECONDS - 10, f"a publish to no server took {took:.1f}s"
+    finally:
+        await broker.shutdown()
+        server.stop()

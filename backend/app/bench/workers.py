@@ -56,13 +56,20 @@ class Variant:
     workers: int
     stub: str  # "zero" or "realistic"
     cluster: bool = False
+    task_rows: int = 500  # ids per task: the backfill's pages; 1 is the API's single ingest
+
+
+def _plural(n: int) -> str:
+    return f"{n} worker{'s' if n > 1 else ''}"
 
 
 VARIANTS = (
-    *(Variant(f"zero, {n} worker{'s' if n > 1 else ''}", n, "zero") for n in (1, 2, 4)),
-    *(Variant(f"realistic, {n} worker{'s' if n > 1 else ''}", n, "realistic") for n in (1, 2, 4)),
+    *(Variant(f"zero, {_plural(n)}", n, "zero") for n in (1, 2, 4)),
+    *(Variant(f"realistic, {_plural(n)}", n, "realistic") for n in (1, 2, 4)),
     Variant("zero, 2 workers, 3-node cluster (R3)", 2, "zero", cluster=True),
+    *(Variant(f"zero, 1-row tasks, {_plural(n)}", n, "zero", task_rows=1) for n in (1, 2, 4)),
 )
+ONE_ROW_TASKS = 3_000  # rows in the 1-row-task variants (one publish each)
 
 
 @dataclass
@@ -185,6 +192,15 @@ async def nats_for(
         cluster.stop()
 
 
+async def publish_each(conn: asyncpg.Connection, enqueue: Any) -> None:
+    """One task per row, 100 publishes in flight: what single-message ingest sends."""
+    from app.services.entities import MESSAGES
+
+    ids = [row["id"] for row in await conn.fetch("SELECT id FROM messages ORDER BY id")]
+    for start in range(0, len(ids), 100):
+        await asyncio.gather(*(enqueue(MESSAGES, [i]) for i in ids[start : start + 100]))
+
+
 async def timed_backfill(
     settings: Settings, url: str, variant: Variant, stub: tuple[int, str], rows: int
 ) -> Run:
@@ -221,8 +237,12 @@ async def timed_backfill(
                 }
             )
             before, began = probe.snapshot(), time.perf_counter()
-            plan = BackfillPlan(entities=[MESSAGES], page_size=500)
-            await run_backfill(engine, plan, enqueue=enqueuer(None, broker))
+            enqueue = enqueuer(None, broker)
+            if variant.task_rows == 1:
+                await publish_each(conn, enqueue)
+            else:
+                plan = BackfillPlan(entities=[MESSAGES], page_size=variant.task_rows)
+                await run_backfill(engine, plan, enqueue=enqueue)
             while await pending_count(conn) > 0:
                 await asyncio.sleep(0.05)
             seconds = time.perf_counter() - began
@@ -237,7 +257,8 @@ async def timed_backfill(
 
 
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
-    """Every variant, `rounds` times interleaved; quick: 5,000 rows, one round."""
+    """Every variant, `rounds` times interleaved; quick: 5,000 rows, one round. The 1-row-task
+    variants embed ONE_ROW_TASKS rows (3,000) at most."""
     settings = settings.model_copy(update={"nats_url": endpoints.nats_url(settings)})
     rows, rounds = (5_000, 1) if quick else (20_000, 2)
     runs: list[Run] = []
@@ -253,10 +274,10 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
             stubs = {"zero": (zero.pid, zero_url), "realistic": (real.pid, real_url)}
             for _ in range(rounds):
                 for variant in VARIANTS:
-                    await reset_rows(url, rows, index=False)
-                    runs.append(
-                        await timed_backfill(settings, url, variant, stubs[variant.stub], rows)
-                    )
+                    count = min(rows, ONE_ROW_TASKS) if variant.task_rows == 1 else rows
+                    await reset_rows(url, count, index=False)
+                    stub = stubs[variant.stub]
+                    runs.append(await timed_backfill(settings, url, variant, stub, count))
     return summarise(runs, rows=rows, rounds=rounds, quick=quick)
 
 
@@ -270,6 +291,7 @@ def summarise(runs: list[Run], *, rows: int, rounds: int, quick: bool) -> dict[s
         variants.append(
             {
                 "variant": name,
+                "rows": items[0].rows,
                 "rows_per_second": round(median(rates), 1),
                 "range": [round(min(rates), 1), round(max(rates), 1)],
                 "cpu_share_pct": {
@@ -297,22 +319,24 @@ def render(figures: dict[str, Any]) -> str:
     """The Markdown table that goes between the markers of docs/SCALING.md."""
     out = [
         f"Measured {figures['measured_at']} by `tasktracker bench workers"
-        f"{' --quick' if figures['quick'] else ''}`: {figures['rows']:,} rows × {figures['dims']} "
-        f"dims per run, median of {figures['rounds']} round(s) with its range, on "
+        f"{' --quick' if figures['quick'] else ''}`: {figures['dims']} dims, "
+        f"{figures['rows']:,} rows per run in tasks of 500 (1-row tasks: see the rows column, "
+        f"one task each, 100 publishes in flight), median of {figures['rounds']} round(s) with its range, on "
         f"{figures['cores']} cores shared with other agents (load average at the end of each "
         "run in the last column). CPU shares are % of all cores over the run (psutil: the "
         "worker processes, the Postgres server with its backends, nats-server, the stub, this "
         "benchmark process; other = the machine's busy time minus those).",
         "",
-        "| variant | rows/s | range | workers % | Postgres % | NATS % | stub % | bench % | "
+        "| variant | rows | rows/s | range | workers % | Postgres % | NATS % | stub % | bench % | "
         "other % | idle % | load (1/5/15 min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for item in figures["variants"]:
         share = item["cpu_share_pct"]
         low, high = item["range"]
         out.append(
-            f"| {item['variant']} | {item['rows_per_second']:,.0f} | {low:,.0f}-{high:,.0f} | "
+            f"| {item['variant']} | {item.get('rows', figures['rows']):,} | "
+            f"{item['rows_per_second']:,.0f} | {low:,.0f}-{high:,.0f} | "
             + " | ".join(f"{share[p]:.0f}" for p in (*PARTS, "idle"))
             + f" | {'; '.join(item['load'])} |"
         )

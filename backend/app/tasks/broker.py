@@ -62,6 +62,7 @@ RETENTION_FIXED = 10052  # JetStream: "stream configuration update can not chang
 # A JetStream cluster elects a new stream leader within seconds of losing one; a publish waits
 # that long (retrying) before it gives the rows back to the sweeper.
 PUBLISH_RETRY_SECONDS = 30.0
+RECONNECT_GRACE_SECONDS = 2.0
 ACK_RETRY_SECONDS = 30.0
 PUBLISH_RETRYABLE = (
     NatsTimeoutError,
@@ -146,9 +147,9 @@ class JetStreamBroker(PullBasedJetStreamBroker):
             self.stream_config.name = self.stream_name
         if not self.stream_config.subjects:
             self.stream_config.subjects = [self.subject]
-        await _while_electing(self._add_or_reuse_stream)
+        await _while_electing(self._add_or_reuse_stream, self._connected)
         if self.is_worker_process:
-            await _while_electing(self._startup_consumer)
+            await _while_electing(self._startup_consumer, self._connected)
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("NATS connection error: %s: %s", type(exc).__name__, exc)
@@ -200,8 +201,12 @@ class JetStreamBroker(PullBasedJetStreamBroker):
         message id, so a retry of a publish that did land is dropped by JetStream."""
         headers = {**message.labels, "Nats-Msg-Id": message.task_id}
         await _while_electing(
-            lambda: self.js.publish(self.subject, payload=message.message, headers=headers)
+            lambda: self.js.publish(self.subject, payload=message.message, headers=headers),
+            self._connected,
         )
+
+    def _connected(self) -> bool:
+        return bool(self.client.is_connected)
 
     async def _replace_stream(self, info: StreamInfo) -> None:
         """The retention cannot change in place: recreate the stream if no task waits in it."""
@@ -308,9 +313,13 @@ class JetStreamBroker(PullBasedJetStreamBroker):
         return AckableMessage(data=data, ack=ack)
 
 
-async def _while_electing(call: Callable[[], Awaitable[Any]]) -> None:
+async def _while_electing(
+    call: Callable[[], Awaitable[Any]], connected: Callable[[], bool]
+) -> None:
     """Run a JetStream request; while no server answers it (a node was lost, the cluster
-    elects a leader, the client moves to another server), retry for PUBLISH_RETRY_SECONDS."""
+    elects a leader, the client moves to another server), retry for PUBLISH_RETRY_SECONDS.
+    With no server reachable at all (NATS down) it gives up as before: the client gets
+    RECONNECT_GRACE_SECONDS to reconnect, and the rows are left to the sweeper."""
     deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
     delay = 0.25
     while True:
@@ -318,11 +327,21 @@ async def _while_electing(call: Callable[[], Awaitable[Any]]) -> None:
             await call()
             return
         except PUBLISH_RETRYABLE as exc:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + delay > deadline or not await _reconnects(connected):
                 raise
             logger.info("JetStream did not answer (%s); retrying", type(exc).__name__)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+async def _reconnects(connected: Callable[[], bool]) -> bool:
+    """Whether the client is connected, or connects again within RECONNECT_GRACE_SECONDS."""
+    deadline = time.monotonic() + RECONNECT_GRACE_SECONDS
+    while not connected():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 def current_delivery(context: Context) -> Delivery | None:
