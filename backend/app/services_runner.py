@@ -130,8 +130,9 @@ def print_services_status(console: Console) -> None:
     if up and state and "," in state.get("nats", ""):
         nats = (f"cluster {state['nats']}", "yes")
     table.add_row("nats", *nats)
-    workers = f"{state.get('workers', 1)} worker(s) + api" if state else "worker + api"
-    table.add_row(workers, state["api"] if state else "-", "yes" if up else "no")
+    table.add_row("worker + api", state["api"] if state else "-", "yes" if up else "no")
+    if up and state and state.get("workers", 1) > 1:
+        table.add_row("workers", f"{state['workers']} processes", "yes")
     console.print(table)
 
 

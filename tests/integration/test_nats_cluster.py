@@ -284,6 +284,18 @@ async def test_services_with_a_cluster_and_two_workers_starts_and_stops_them_all
             await _until(replicated, "the stream is not R3 on the cluster", 60)
         finally:
             await client_nats.close()
+        status = subprocess.run(
+            [sys.executable, "-m", "app.cli", "services", "--status"],
+            env={**env, "COLUMNS": "400"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "cluster nats://" in status.stdout, status.stdout
+        for node in nodes:
+            assert f"127.0.0.1:{_client_port(node)}" in status.stdout, status.stdout
+        assert "2 processes" in status.stdout, status.stdout
         os.killpg(services.pid, signal.SIGINT)
         assert services.wait(120) in (0, 130)
     finally:
