@@ -342,3 +342,25 @@ async def test_with_nats_down_entirely_a_publish_gives_up_without_waiting_out_th
     finally:
         await broker.shutdown()
         server.stop()
+
+
+async def test_a_repeated_publish_is_dropped_and_a_retry_of_the_task_is_not(
+    nats_url: str,
+) -> None:
+    """The message id is the task id and its retry count: JetStream drops a publish repeated
+    after it landed (a retry across a failover), never the retry middleware's next attempt."""
+    from taskiq import BrokerMessage
+
+    stream = f"d{uuid.uuid4().hex[:10]}"
+    broker = build_broker(Settings(nats_url=nats_url, nats_stream=stream))
+    await broker.startup()
+    try:
+        first = BrokerMessage(task_id="t1", task_name="t", message=b"{}", labels={})
+        retry = BrokerMessage(task_id="t1", task_name="t", message=b"{}", labels={"_retries": 1})
+        for message in (first, first, retry, retry):
+            await broker.kick(message)
+        info = await broker.js.stream_info(stream)  # type: ignore[attr-defined]
+        assert info.state.messages == 2
+    finally:
+        await broker.js.delete_stream(stream)  # type: ignore[attr-defined]
+        await broker.shutdown()

@@ -197,9 +197,12 @@ class JetStreamBroker(PullBasedJetStreamBroker):
 
     async def kick(self, message: BrokerMessage) -> None:
         """Publish a task; while the cluster has no stream leader (a node was lost) or the
-        connection moves to another server, retry for PUBLISH_RETRY_SECONDS. The task id is the
-        message id, so a retry of a publish that did land is dropped by JetStream."""
-        headers = {**message.labels, "Nats-Msg-Id": message.task_id}
+        connection moves to another server, retry for PUBLISH_RETRY_SECONDS. The task id and its
+        retry count are the message id, so a publish repeated after it did land is dropped by
+        JetStream, and a task's retry is not."""
+        # A retry keeps its task id (taskiq's retry middleware) and counts up `_retries`.
+        msg_id = f"{message.task_id}.{message.labels.get('_retries', 0)}"
+        headers = {**{k: str(v) for k, v in message.labels.items()}, "Nats-Msg-Id": msg_id}
         await _while_electing(
             lambda: self.js.publish(self.subject, payload=message.message, headers=headers),
             self._connected,
