@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,15 +18,37 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from tests.services import NatsProcess, PostgresForTests, start_postgres
+from app import db
+from testkit.launchers import NatsProcess, PostgresForTests, start_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_OWN_BASETEMP = pytest.StashKey[Path]()
 _TMP = Path(tempfile.mkdtemp(prefix="tasktracker-tests-"))
 # The app under test keeps its own files (secret key, embedded servers) out of the checkout.
 os.environ.setdefault("DATA_DIR", str(_TMP / "data"))
 # The stub servers listen on 127.0.0.1: providers stored through the API may reach them, as an
 # operator allows a local Ollama. Tests of the policy itself pass their own setting.
 os.environ.setdefault("PROVIDER_ALLOWED_HOSTS", "127.0.0.1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """tmp_path folders under a folder of this session, not /tmp/pytest-of-<user>.
+
+    The embedded Postgres runs as another user, who must traverse its folder's parents; pytest
+    resets /tmp/pytest-of-<user> to 0700 whenever a session starts, so any other pytest run on the
+    machine would cut a running server off its files. xdist workers inherit the folder.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="tasktracker-pytest-")
+        config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this session's tmp_path folders when every test passed (kept to debug a failure)."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,15 +71,7 @@ def alembic(
     url: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `alembic` command against `url` from the repo root."""
-    full_env = {**os.environ, "DATABASE_URL": url, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=REPO_ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return db.alembic(url, *args, env=env, timeout=600)
 
 
 @pytest.fixture(scope="session")

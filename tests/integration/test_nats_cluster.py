@@ -24,16 +24,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.nats_cluster import NatsCluster
 from app.core.urls import nats_servers, to_asyncpg_url, to_libpq_url
-from app.services.embedding_queue import publish
-from app.services.entities import MESSAGES
-from app.tasks.broker import build_broker
-from app.tasks.embedding_tasks import enqueuer
+from app.embedding.entities import MESSAGES
+from app.embedding.queue import publish
+from app.embedding.tasks import enqueuer
+from testkit.stubs.openai_stub import OpenAIStub
 from tests.integration.conftest import DIMS, Pipeline, insert_messages
-from tests.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.slow
 
@@ -325,10 +325,10 @@ async def test_with_nats_down_entirely_a_publish_gives_up_without_waiting_out_th
     leaves the rows to the sweeper about as soon as before (one request timeout)."""
     from taskiq import BrokerMessage
 
-    from app.tasks.broker import PUBLISH_RETRY_SECONDS
-    from tests.services import NatsProcess
+    from app.broker import PUBLISH_RETRY_SECONDS
+    from app.core.embedded import NatsServer
 
-    server = NatsProcess(tmp_path / "nats")
+    server = NatsServer(tmp_path / "nats")
     server.start()
     broker = build_broker(Settings(nats_url=server.url, nats_stream="down"))
     await broker.startup()

@@ -14,7 +14,7 @@ _postgres: EmbeddedPostgres | None = None
 _nats: EmbeddedNats | None = None
 
 
-def database_url(settings: Settings | None = None) -> str:
+def ensure_database_url(settings: Settings | None = None) -> str:
     """The asyncpg URL of the database, starting the embedded server when none is configured."""
     global _postgres
     settings = settings or get_settings()
@@ -29,7 +29,7 @@ def database_url(settings: Settings | None = None) -> str:
     return to_asyncpg_url(_postgres.url(DEFAULT_DATABASE))
 
 
-def nats_url(settings: Settings | None = None) -> str:
+def ensure_nats_url(settings: Settings | None = None) -> str:
     """The NATS URL, starting the embedded nats-server when none is configured."""
     global _nats
     settings = settings or get_settings()
@@ -46,7 +46,7 @@ def nats_url(settings: Settings | None = None) -> str:
 def nats_servers(settings: Settings | None = None) -> list[str]:
     """The NATS servers to connect to: NATS_URL's (one, or several of a cluster), else the
     embedded one."""
-    return split_servers(nats_url(settings))
+    return split_servers(ensure_nats_url(settings))
 
 
 def embedded_postgres() -> EmbeddedPostgres | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from app.core.embedded import free_port, nats_server_binary
+from app.core.embedded import free_port, spawn_nats
 from app.core.errors import ConfigurationError
 
 
@@ -46,25 +46,16 @@ class NatsNode:
 
     def start(self, cluster_name: str, routes: list[str]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        log = open(self.folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
-        argv = [
-            nats_server_binary(),
-            "-js",
-            "--server_name",
-            self.name,
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-m",
-            str(self.monitor_port),
-            "-sd",
-            str(self.folder / "store"),
-        ]
+        args = ["--server_name", self.name, "-m", str(self.monitor_port)]
         if len(routes) > 1:  # a cluster of one is a plain server
-            argv += ["--cluster_name", cluster_name, "--cluster"]
-            argv += [f"nats://127.0.0.1:{self.cluster_port}", "--routes", ",".join(routes)]
-        self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+            args += ["--cluster_name", cluster_name, "--cluster"]
+            args += [f"nats://127.0.0.1:{self.cluster_port}", "--routes", ",".join(routes)]
+        try:
+            self.process = spawn_nats(self.port, self.folder, args=args, new_session=True)
+        except RuntimeError as exc:
+            raise ConfigurationError(
+                f"NATS node {self.name}: {exc}. Fix: check that log."
+            ) from None
 
     def healthy(self) -> bool:
         """JetStream is up on this node and it knows the cluster's meta leader."""

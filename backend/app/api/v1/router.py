@@ -1,9 +1,0 @@
-"""Collects the v1 routers."""
-
-from fastapi import APIRouter
-
-from app.api.v1 import embeddings, health, knowledge, messages, providers, semantic_search
-
-api_router = APIRouter()
-for module in (health, semantic_search, embeddings, messages, providers, knowledge):
-    api_router.include_router(module.router)
