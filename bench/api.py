@@ -44,7 +44,7 @@ from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all
-from app.core.urls import to_asyncpg_url
+from app.core.urls import nats_servers, to_asyncpg_url
 from app.indexes.catalog import VECTOR_INDEXES, build_session_sql
 from app.models.base import TEXT_HASH_FUNCTION
 from bench.pipeline import cpu_seconds as pipeline_cpu_seconds
@@ -429,7 +429,7 @@ async def wait_ready(
 
 async def delete_stream(nats_url: str, stream: str) -> None:
     """The API's JetStream stream was made for this run only."""
-    client = await nats.connect(nats_url)
+    client = await nats.connect(nats_servers(nats_url))
     try:
         with suppress(NotFoundError):
             await client.jetstream().delete_stream(stream)

@@ -10,15 +10,15 @@ from app.cli._console import console, fail, run
 from app.core.config import get_settings
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
-NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults")
+NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults", "workers")
 
 
 def bench(
     what: Annotated[
         str,
         typer.Argument(
-            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load "
-            "or faults."
+            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load, "
+            "faults or workers (1, 2, 4 worker processes and a 3-node cluster: docs/SCALING.md)."
         ),
     ] = "all",
     quick: Annotated[
@@ -36,6 +36,9 @@ def bench(
             f"unknown benchmark {what!r}. Fix: one of "
             f"{', '.join((*BENCH_SECTIONS, *NAMED_ONLY))}, all"
         )
+    if what == "workers":
+        _bench_workers(quick)
+        return
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -55,6 +58,15 @@ def bench(
 
     path = run(go)
     console.print(f"wrote {path}")
+
+
+def _bench_workers(quick: bool) -> None:
+    """Worker scaling figures into docs/bench/workers.json and docs/SCALING.md."""
+    from bench import workers
+
+    figures = run(lambda: workers.run(get_settings(), quick=quick))
+    console.print(workers.render(figures))
+    console.print(f"wrote {workers.write(figures)}")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     AckPolicy,
@@ -34,8 +35,13 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import APIError, NotFoundError
-from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
+from nats.js.errors import (
+    APIError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
 from taskiq.abc.broker import AsyncBroker as _AsyncBroker
 from taskiq.context import Context
 from taskiq.kicker import AsyncKicker
@@ -44,20 +50,31 @@ from taskiq.middlewares import SmartRetryMiddleware
 from taskiq_nats import PullBasedJetStreamBroker
 
 from app.core.config import Settings, get_settings
-from app.core.endpoints import ensure_nats_url
-from app.core.errors import EmbeddingProviderError
+from app.core.endpoints import nats_servers
+from app.core.errors import ConfigurationError, EmbeddingProviderError
 
 logger = logging.getLogger(__name__)
 
 
 DELIVERY_LABEL = "_delivery"
 # Stream settings this module owns; the others keep what the server chose.
-_STREAM_FIELDS = ("subjects", "retention", "max_age", "max_bytes", "discard")
+_STREAM_FIELDS = ("subjects", "retention", "max_age", "max_bytes", "discard", "num_replicas")
 # A task's retry after a provider error is also the probe that sees the provider back: its wait
 # is capped so a returning provider is noticed within seconds (the service's own retries, with
 # full jitter and Retry-After, already spread the load of a fleet of workers).
 RETRY_MAX_DELAY = 5.0
 RETENTION_FIXED = 10052  # JetStream: "stream configuration update can not change retention"
+# A JetStream cluster elects a new stream leader within seconds of losing one; a publish waits
+# that long (retrying) before it gives the rows back to the sweeper.
+PUBLISH_RETRY_SECONDS = 30.0
+RECONNECT_GRACE_SECONDS = 2.0
+ACK_RETRY_SECONDS = 30.0
+PUBLISH_RETRYABLE = (
+    NatsTimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 
 
 @dataclass
@@ -78,9 +95,26 @@ class Delivery:
         return self.number >= self.max_deliver
 
     async def ack(self) -> None:
-        if not self.settled:
-            self.settled = True
-            await self.msg.ack()
+        """Acknowledge, and wait for the server to confirm: an ack lost while the cluster
+        elects a new consumer leader would bring the task back after ack_wait."""
+        if self.settled:
+            return
+        self.settled = True
+        deadline = time.monotonic() + ACK_RETRY_SECONDS
+        while True:
+            try:
+                await self.msg.ack_sync(timeout=2.0)
+                return
+            except (NatsTimeoutError, NoRespondersError) as exc:
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "the ack of stream message %s was not confirmed (%s); it comes back "
+                        "after ack_wait and its task finds its rows done",
+                        self.msg.metadata.sequence.stream,
+                        type(exc).__name__,
+                    )
+                    return
+            await asyncio.sleep(0.5)
 
     async def nak(self, delay: float) -> None:
         """Deliver again after `delay` seconds (counts towards max_deliver)."""
@@ -103,18 +137,51 @@ class JetStreamBroker(PullBasedJetStreamBroker):
     async def startup(self) -> None:
         await _AsyncBroker.startup(self)
         self.deliveries = {}
-        await self.client.connect(ensure_nats_url(self.settings), **self.connection_kwargs)
+        callbacks = {
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        await self.client.connect(
+            nats_servers(self.settings), **{**callbacks, **self.connection_kwargs}
+        )
         self.js = self.client.jetstream()
         if self.stream_config.name is None:
             self.stream_config.name = self.stream_name
         if not self.stream_config.subjects:
             self.stream_config.subjects = [self.subject]
-        await self._add_or_reuse_stream()
+        await _while_electing(self._add_or_reuse_stream, self._connected)
         if self.is_worker_process:
-            await self._startup_consumer()
+            await _while_electing(self._startup_consumer, self._connected)
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.debug("NATS connection error: %s: %s", type(exc).__name__, exc)
+
+    async def _on_disconnected(self) -> None:
+        if not self.client.is_closed:
+            logger.warning("NATS connection lost; reconnecting (to any server of NATS_URL)")
+
+    async def _on_reconnected(self) -> None:
+        server = self.client.connected_url
+        logger.warning(
+            "NATS reconnected to %s", server.netloc.rsplit("@", 1)[-1] if server else "?"
+        )
 
     async def _add_or_reuse_stream(self) -> None:
         """Create the stream, or bring an existing one to this configuration."""
+        try:
+            await self._apply_stream_config()
+        except APIError as exc:
+            replicas = self.stream_config.num_replicas or 1
+            if replicas == 1 or exc.err_code == RETENTION_FIXED:
+                raise
+            raise ConfigurationError(
+                f"JetStream refused a stream of {replicas} replicas ({exc.description}). Fix: "
+                f"point NATS_URL at a JetStream cluster of at least {replicas} nodes, or set "
+                "NATS_STREAM_REPLICAS=1 for a single server."
+            ) from None
+
+    async def _apply_stream_config(self) -> None:
         wanted = self.stream_config
         try:
             info = await self.js.stream_info(str(wanted.name))
@@ -125,11 +192,27 @@ class JetStreamBroker(PullBasedJetStreamBroker):
             return
         try:
             await self.js.update_stream(config=wanted)
-            logger.info("stream %s updated to the configured limits", wanted.name)
+            logger.info("stream %s updated to the configured limits and replicas", wanted.name)
         except APIError as exc:
             if exc.err_code != RETENTION_FIXED:
                 raise
             await self._replace_stream(info)
+
+    async def kick(self, message: BrokerMessage) -> None:
+        """Publish a task; while the cluster has no stream leader (a node was lost) or the
+        connection moves to another server, retry for PUBLISH_RETRY_SECONDS. The task id and its
+        retry count are the message id, so a publish repeated after it did land is dropped by
+        JetStream, and a task's retry is not."""
+        # A retry keeps its task id (taskiq's retry middleware) and counts up `_retries`.
+        msg_id = f"{message.task_id}.{message.labels.get('_retries', 0)}"
+        headers = {**{k: str(v) for k, v in message.labels.items()}, "Nats-Msg-Id": msg_id}
+        await _while_electing(
+            lambda: self.js.publish(self.subject, payload=message.message, headers=headers),
+            self._connected,
+        )
+
+    def _connected(self) -> bool:
+        return bool(self.client.is_connected)
 
     async def _replace_stream(self, info: StreamInfo) -> None:
         """The retention cannot change in place: recreate the stream if no task waits in it."""
@@ -145,10 +228,11 @@ class JetStreamBroker(PullBasedJetStreamBroker):
                 "not a worker" if waiting is None else f"{waiting} tasks wait in it",
             )
             kept = StreamConfig.from_response(info.config.as_dict())
-            kept.max_age, kept.max_bytes, kept.discard = (
+            kept.max_age, kept.max_bytes, kept.discard, kept.num_replicas = (
                 wanted.max_age,
                 wanted.max_bytes,
                 wanted.discard,
+                wanted.num_replicas,
             )
             await self.js.update_stream(config=kept)
             return
@@ -233,6 +317,37 @@ class JetStreamBroker(PullBasedJetStreamBroker):
             await delivery.ack()
 
         return AckableMessage(data=data, ack=ack)
+
+
+async def _while_electing(
+    call: Callable[[], Awaitable[Any]], connected: Callable[[], bool]
+) -> None:
+    """Run a JetStream request; while no server answers it (a node was lost, the cluster
+    elects a leader, the client moves to another server), retry for PUBLISH_RETRY_SECONDS.
+    With no server reachable at all (NATS down) it gives up as before: the client gets
+    RECONNECT_GRACE_SECONDS to reconnect, and the rows are left to the sweeper."""
+    deadline = time.monotonic() + PUBLISH_RETRY_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            await call()
+            return
+        except PUBLISH_RETRYABLE as exc:
+            if time.monotonic() + delay > deadline or not await _reconnects(connected):
+                raise
+            logger.info("JetStream did not answer (%s); retrying", type(exc).__name__)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def _reconnects(connected: Callable[[], bool]) -> bool:
+    """Whether the client is connected, or connects again within RECONNECT_GRACE_SECONDS."""
+    deadline = time.monotonic() + RECONNECT_GRACE_SECONDS
+    while not connected():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 def current_delivery(context: Context) -> Delivery | None:
@@ -332,6 +447,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         max_age=settings.nats_stream_max_age_seconds,
         max_bytes=settings.nats_stream_max_bytes,
         discard=DiscardPolicy.NEW,
+        num_replicas=settings.nats_stream_replicas,
     )
 
 

@@ -124,3 +124,14 @@ class ReadRouter:
     async def aclose(self) -> None:
         if self.engine is not None:
             await self.engine.dispose()
+
+
+async def replica_health(settings: Settings) -> ReplicaHealth | None:
+    """The read replica's state now (for `tasktracker status`); None without DATABASE_READ_URL."""
+    if not settings.database_read_url:
+        return None
+    router = ReadRouter(settings.model_copy(update={"db_pool_size": 1}), async_sessionmaker())
+    try:
+        return await router.check()
+    finally:
+        await router.aclose()

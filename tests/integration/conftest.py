@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.broker import build_broker
 from app.core.config import Settings
-from app.core.urls import to_asyncpg_url
+from app.core.urls import nats_servers, to_asyncpg_url
 from app.embedding.entities import Entity
 from app.embedding.queue import PendingFilter, pending_pages, publish
 from app.embedding.tasks import enqueuer
@@ -70,7 +70,7 @@ class Pipeline:
         """Until the workers' durable consumer has nothing pending nor unacknowledged."""
         import nats
 
-        client = await nats.connect(self.env["NATS_URL"])
+        client = await nats.connect(nats_servers(self.env["NATS_URL"]))
         stream = self.env["NATS_STREAM"]
         try:
             deadline = time.monotonic() + timeout

@@ -186,3 +186,88 @@ async def test_the_shipped_nats_conf_asks_for_the_password(tmp_path: Path) -> No
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_the_scale_profile_has_a_cluster_two_workers_and_a_replica() -> None:
+    services = parsed(SET)["services"]
+    nodes = [f"nats-{i}" for i in (1, 2, 3)]
+    scale = [*nodes, "postgres-replica", "api-scale", "worker-scale-1", "worker-scale-2"]
+    for name in scale:
+        assert services[name]["profiles"] == ["scale"], name
+    for name in ("postgres", "nats", "api", "worker"):
+        assert "profiles" not in services[name], name  # `docker compose up` is unchanged
+    for name in [*nodes, "postgres-replica", "worker-scale-1", "worker-scale-2"]:
+        assert "ports" not in services[name], name
+    names = {services[node]["environment"]["NATS_SERVER_NAME"] for node in nodes}
+    assert names == set(nodes)
+    for node in nodes:
+        assert "nats-pass" not in " ".join(services[node]["command"])
+    expected = ",".join(f"nats://tasktracker:nats-pass@{node}:4222" for node in nodes)
+    for name in ("api-scale", "worker-scale-1", "worker-scale-2"):
+        env = services[name]["environment"]
+        assert env["NATS_URL"] == expected and env["NATS_STREAM_REPLICAS"] == "3", name
+        assert env["SECRET_KEY"] == "fernet-key"
+    assert services["api-scale"]["environment"]["DATABASE_READ_URL"] == (
+        "postgresql://postgres:pg-pass@postgres-replica:5432/tasktracker"
+    )
+    assert "--no-sweeper" in services["worker-scale-2"]["command"]
+    assert "--no-sweeper" not in services["worker-scale-1"]["command"]
+    standby = (REPO / "deploy" / "postgres-standby.sh").read_text()
+    assert "pg_basebackup -h postgres" in standby and " -R " in standby
+    assert "pg-pass" not in " ".join(services["postgres-replica"]["entrypoint"])
+
+
+async def test_the_shipped_cluster_conf_forms_a_jetstream_cluster_behind_the_password(
+    tmp_path: Path,
+) -> None:
+    """deploy/nats-cluster.conf on three real nats-servers (ports and routes moved to loopback by
+    flags): they form one cluster that holds an R3 stream, and ask clients for the password."""
+    import nats
+
+    from app.core.embedded import nats_server_binary
+    from app.core.nats_cluster import NatsNode
+
+    nodes = [NatsNode(f"nats-{i}", tmp_path / f"n{i}") for i in (1, 2, 3)]
+    routes = ",".join(f"nats-route://127.0.0.1:{node.cluster_port}" for node in nodes)
+    servers = []
+    for node in nodes:
+        argv = [nats_server_binary(), "-c", str(REPO / "deploy" / "nats-cluster.conf")]
+        argv += ["-a", "127.0.0.1", "-p", str(node.port), "-m", str(node.monitor_port)]
+        argv += ["-sd", str(node.folder), "--cluster", f"nats://127.0.0.1:{node.cluster_port}"]
+        node.folder.mkdir(parents=True)
+        servers.append(
+            subprocess.Popen(
+                [*argv, "--routes", routes],
+                env={**os.environ, "NATS_PASSWORD": "right-pass", "NATS_SERVER_NAME": node.name},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not all(node.healthy() for node in nodes):
+            assert time.monotonic() < deadline, "the cluster did not form"
+            assert all(server.poll() is None for server in servers), "a node exited"
+            time.sleep(0.2)
+        urls = [f"nats://tasktracker:right-pass@127.0.0.1:{node.port}" for node in nodes]
+        client = await nats.connect(urls)
+        try:
+            from nats.js.api import StreamConfig
+
+            js = client.jetstream()
+            info = await js.add_stream(StreamConfig(name="r3", subjects=["r3"], num_replicas=3))
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None and info.cluster.leader in {n.name for n in nodes}
+        finally:
+            await client.close()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - nats raises its own family
+            await nats.connect(
+                f"nats://127.0.0.1:{nodes[0].port}",
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+                connect_timeout=5,
+            )
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(15)

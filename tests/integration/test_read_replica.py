@@ -4,11 +4,15 @@ answered by the primary when the replica is down."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -152,6 +156,12 @@ async def test_search_is_answered_by_the_replica_fresh_and_by_the_primary_when_i
                 await eventually(found_on_replica)
                 ready = (await http.get("/api/v1/health/ready")).json()
                 assert ready["read_replica"]["serving"] is True
+                metrics = (await http.get("/metrics")).text
+                assert "tasktracker_read_replica_serving 1.0" in metrics
+                assert _gauge(metrics, "tasktracker_read_replica_lag_seconds") >= 0
+                status = await _status_json(primary_url, replica_url, tmp_path)
+                assert status["read_replica"]["serving"] is True, status
+                assert status["read_replica"]["lag_seconds"] >= 0
 
                 # 3. The replica stops: searches still answer, from the primary.
                 standby.stop()
@@ -162,6 +172,10 @@ async def test_search_is_answered_by_the_replica_fresh_and_by_the_primary_when_i
                     assert response.json()["results"][0]["id"] == str(new_id)
                 ready = (await http.get("/api/v1/health/ready")).json()
                 assert ready["read_replica"]["serving"] is False
+                assert "tasktracker_read_replica_serving 0.0" in (await http.get("/metrics")).text
+                status = await _status_json(primary_url, replica_url, tmp_path)
+                assert status["read_replica"]["serving"] is False, status
+                assert "unreachable" in status["read_replica"]["reason"]
                 # the replica is not needed to serve: readiness does not depend on it
                 assert ready["checks"]["database"] == "ok" and "read_replica" not in ready["checks"]
 
@@ -171,3 +185,29 @@ async def test_search_is_answered_by_the_replica_fresh_and_by_the_primary_when_i
                 await eventually(primary_scanned)
         finally:
             await state.close()
+
+
+def _gauge(metrics: str, name: str) -> float:
+    line = next(line for line in metrics.splitlines() if line.startswith(f"{name} "))
+    return float(line.split()[1])
+
+
+async def _status_json(primary_url: str, replica_url: str, tmp_path: Path) -> dict[str, Any]:
+    """`tasktracker status --json` as an operator runs it, with the replica configured."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": primary_url,
+        "DATABASE_READ_URL": replica_url,
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    payload: dict[str, Any] = json.loads(result.stdout)
+    return payload

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,34 +17,63 @@ from app.cli._console import console, fail
 from app.core import endpoints
 from app.core.config import Settings, get_settings
 from app.core.embedded import signals_ignored
-from app.core.errors import AppError
-from app.core.supervisor import api_child, supervise, worker_child
-from app.core.urls import redact_url
+from app.core.errors import AppError, ConfigurationError
+from app.core.nats_cluster import NatsCluster
+from app.core.supervisor import Child, api_child, supervise, worker_child
+from app.core.urls import redact_nats_url, redact_url
 
 
 def _state_file(settings: Settings) -> Path:
     return settings.data_dir / "services.json"
 
 
+@dataclass(frozen=True)
+class Topology:
+    """How many of each: worker processes, and NATS nodes (0: one server, embedded or NATS_URL)."""
+
+    workers: int = 1
+    nats_cluster: int = 0
+
+
 def run_services(
-    settings: Settings, *, host: str, port: int, migrate: bool, console: Console
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    migrate: bool,
+    console: Console,
+    topology: Topology | None = None,
 ) -> int:
-    """Start (or join) Postgres and NATS, run migrations, then the worker and the API."""
+    """Start (or join) Postgres and NATS, run migrations, then the workers and the API."""
+    topology = topology or Topology()
+    cluster: NatsCluster | None = None
     try:
         db_url = endpoints.ensure_database_url(settings)
-        nats = endpoints.ensure_nats_url(settings)
+        env = {"DATABASE_URL": db_url}
+        if topology.nats_cluster:
+            cluster = _start_cluster(settings, topology.nats_cluster, console)
+            env["NATS_URL"] = cluster.url
+            env["NATS_STREAM_REPLICAS"] = str(min(3, topology.nats_cluster))
+        else:
+            env["NATS_URL"] = endpoints.ensure_nats_url(settings)
         if migrate:
             from app.db import migrate as migrate_database  # the database layer: only here
 
             migrate_database(db_url)
-        env = {"DATABASE_URL": db_url, "NATS_URL": nats}
-        children = [worker_child(env), api_child(env, host, port, "--no-access-log")]
+        children = [*_workers(env, topology.workers), api_child(env, host, port, "--no-access-log")]
         api_url = f"http://{host}:{port}"
         console.print(
-            f"postgres: {redact_url(db_url)}\nnats:     {nats}\napi:      {api_url}/docs\n"
+            f"postgres: {redact_url(db_url)}\nnats:     {redact_nats_url(env['NATS_URL'])}\n"
+            f"workers:  {topology.workers}\napi:      {api_url}/docs\n"
             f"console:  {api_url}/console (sign in with a token)"
         )
-        state = {"pid": os.getpid(), "database": redact_url(db_url), "nats": nats, "api": api_url}
+        state = {
+            "pid": os.getpid(),
+            "database": redact_url(db_url),
+            "nats": redact_nats_url(env["NATS_URL"]),
+            "api": api_url,
+            "workers": topology.workers,
+        }
         _state_file(settings).parent.mkdir(parents=True, exist_ok=True)
         _state_file(settings).write_text(json.dumps(state))
         return supervise(children)
@@ -52,7 +82,28 @@ def run_services(
         # the embedded servers must not be cut short by it (it left nats-server running).
         with signals_ignored():
             _state_file(settings).unlink(missing_ok=True)
+            if cluster is not None:
+                cluster.stop()
             endpoints.release()
+
+
+def _start_cluster(settings: Settings, size: int, console: Console) -> NatsCluster:
+    if settings.nats_url:
+        raise ConfigurationError(
+            "--nats-cluster starts a local cluster, but NATS_URL is set. Fix: unset NATS_URL, "
+            "or drop --nats-cluster to use the servers it names."
+        )
+    console.print(f"starting a {size}-node JetStream cluster on 127.0.0.1 ...")
+    return NatsCluster(size, settings.data_dir / "nats-cluster").start()
+
+
+def _workers(env: dict[str, str], count: int) -> list[Child]:
+    """`count` worker processes on the shared durable consumer; the first runs the sweeper
+    (one is enough: the others would scan the same rows)."""
+    return [
+        worker_child(env, *(() if i == 0 else ("--no-sweeper",)), name=f"worker-{i + 1}")
+        for i in range(count)
+    ]
 
 
 def print_services_status(console: Console) -> None:
@@ -62,11 +113,16 @@ def print_services_status(console: Console) -> None:
     for column in ("service", "where", "running"):
         table.add_column(column)
     table.add_row("postgres", *_postgres_status(settings))
-    table.add_row("nats", *_nats_status(settings))
     state_path = _state_file(settings)
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     up = state is not None and psutil.pid_exists(state["pid"])
+    nats = _nats_status(settings)
+    if up and state and "," in state.get("nats", ""):
+        nats = (f"cluster {state['nats']}", "yes")
+    table.add_row("nats", *nats)
     table.add_row("worker + api", state["api"] if state else "-", "yes" if up else "no")
+    if up and state and state.get("workers", 1) > 1:
+        table.add_row("workers", f"{state['workers']} processes", "yes")
     console.print(table)
 
 
@@ -80,7 +136,7 @@ def _postgres_status(settings: Settings) -> tuple[str, str]:
 
 def _nats_status(settings: Settings) -> tuple[str, str]:
     if settings.nats_url:
-        return redact_url(settings.nats_url), "external"
+        return redact_nats_url(settings.nats_url), "external"
     state = settings.nats_dir / "server.json"
     if not state.exists():
         return f"embedded, {settings.nats_dir}", "no"
@@ -94,8 +150,17 @@ def services(
     host: Annotated[str | None, typer.Option(help="API host.")] = None,
     port: Annotated[int | None, typer.Option(help="API port.")] = None,
     migrate: Annotated[bool, typer.Option(help="Run `alembic upgrade head` first.")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes on the shared consumer.")
+    ] = 1,
+    nats_cluster: Annotated[
+        int,
+        typer.Option(
+            min=0, max=7, help="Start a local JetStream cluster of N nodes (3: an R3 stream)."
+        ),
+    ] = 0,
 ) -> None:
-    """Run Postgres, NATS, the worker and the API in the foreground; Ctrl-C stops them all."""
+    """Run Postgres, NATS, the workers and the API in the foreground; Ctrl-C stops them all."""
     if show_status:
         print_services_status(console)
         return
@@ -107,6 +172,7 @@ def services(
             port=port or settings.api_port,
             migrate=migrate,
             console=console,
+            topology=Topology(workers=workers, nats_cluster=nats_cluster),
         )
     except AppError as exc:
         fail(exc.message, code=1)

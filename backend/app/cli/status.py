@@ -38,15 +38,30 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Embedding coverage per entity and the health of the HNSW indexes."""
+    from app.replica import replica_health
+
     rows, indexes, reasons = run(_status)
+    replica = run(lambda: replica_health(get_settings()))
     if as_json:
-        payload = {
+        payload: dict[str, Any] = {
             "coverage": [row.as_dict() for row in rows],
             "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
             "parked": [vars(reason) for reason in reasons],
         }
+        if replica is not None:
+            payload["read_replica"] = {
+                "serving": replica.serving,
+                "lag_seconds": replica.lag_seconds,
+                "reason": replica.reason,
+            }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     console.print(coverage_table(rows, indexes))
     if reasons:
         console.print(parked_table(reasons))
+    if replica is not None:
+        lag = "unknown" if replica.lag_seconds is None else f"{replica.lag_seconds:.1f} s"
+        state = (
+            "[green]serving[/]" if replica.serving else "[red]not serving[/] (reads on the primary)"
+        )
+        console.print(f"read replica: {state}, replay lag {lag}: {replica.reason}")

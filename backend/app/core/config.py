@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     database_read_url: str | None = None
     read_replica_max_lag_seconds: float = Field(default=10.0, ge=0)
     read_replica_check_seconds: float = Field(default=5.0, gt=0)
+    # One NATS server, or several of one cluster, comma-separated (nats://a:4222,nats://b:4222):
+    # the clients connect to any and move to another when it goes.
     nats_url: str | None = None
     data_dir: Path = REPO_ROOT / ".data"
 
@@ -80,6 +82,10 @@ class Settings(BaseSettings):
     # task dropped by a bound is not lost: its rows are still pending and the sweeper requeues them.
     nats_stream_max_age_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     nats_stream_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    # Copies of the stream (and its consumer, and the workers bucket) kept by a JetStream
+    # cluster: 3 survives the loss of any one node. 1 on a single server. Applied to an
+    # existing stream at startup.
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     # A message queued for extraction whose task has neither finished nor failed after this
     # long (lost, or crashed) is queued again by the next `all_pending` call.
     extraction_requeue_seconds: float = Field(default=1800.0, ge=0)

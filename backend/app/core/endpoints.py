@@ -6,6 +6,7 @@ import threading
 
 from app.core.config import Settings, get_settings
 from app.core.embedded import DEFAULT_DATABASE, EmbeddedNats, EmbeddedPostgres
+from app.core.urls import nats_servers as split_servers
 from app.core.urls import to_asyncpg_url
 
 _lock = threading.Lock()
@@ -40,6 +41,12 @@ def ensure_nats_url(settings: Settings | None = None) -> str:
             server.start()
             _nats = server
     return _nats.url()
+
+
+def nats_servers(settings: Settings | None = None) -> list[str]:
+    """The NATS servers to connect to: NATS_URL's (one, or several of a cluster), else the
+    embedded one."""
+    return split_servers(ensure_nats_url(settings))
 
 
 def embedded_postgres() -> EmbeddedPostgres | None:

@@ -78,6 +78,15 @@ WORKERS_SEEN = Gauge(
     "Workers whose heartbeat (every 10 s, kept 30 s) is in the stream's workers bucket.",
     ["stream"],
 )
+# -- the read replica (set at scrape time, when DATABASE_READ_URL is set) ---------------
+READ_REPLICA_SERVING = Gauge(
+    f"{NAMESPACE}_read_replica_serving",
+    "1 while the read replica serves reads; 0 while reads fall back to the primary.",
+)
+READ_REPLICA_LAG = Gauge(
+    f"{NAMESPACE}_read_replica_lag_seconds",
+    "The read replica's replay lag (NaN while it cannot be read).",
+)
 SCRAPE_ERRORS = Counter(
     f"{NAMESPACE}_scrape_errors",
     "Failures reading a source of the scrape-time gauges.",

@@ -65,9 +65,9 @@ def api_child(env: dict[str, str], host: str, port: int, *extra: str) -> Child:
     return Child("api", [*argv, "--host", host, "--port", str(port), *extra], env)
 
 
-def worker_child(env: dict[str, str], *extra: str) -> Child:
+def worker_child(env: dict[str, str], *extra: str, name: str = "worker") -> Child:
     """`tasktracker worker`, as a child process."""
-    return Child("worker", [sys.executable, "-m", "app.cli", "worker", *extra], env)
+    return Child(name, [sys.executable, "-m", "app.cli", "worker", *extra], env)
 
 
 def stop_all(children: Sequence[Child], timeout: float = 15.0) -> None:

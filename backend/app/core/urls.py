@@ -77,3 +77,32 @@ def with_database(url: str, name: str) -> str:
     """`url` pointing at database `name` instead."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers of a NATS_URL: one URL, or several of one cluster separated by commas."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ConfigurationError(
+            "NATS_URL names no server. Fix: nats://host:4222, or several separated by commas."
+        )
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"NATS_URL has a malformed server {redact_url(server)!r} ({exc}). "
+                "Fix: nats://host:4222, or several separated by commas."
+            ) from None
+        if parts.scheme not in {"nats", "tls", "ws", "wss"} or not parts.hostname:
+            raise ConfigurationError(
+                f"NATS_URL has a malformed server {redact_url(server)!r}. "
+                "Fix: nats://host:4222, or several separated by commas."
+            )
+    return servers
+
+
+def redact_nats_url(url: str) -> str:
+    """A NATS_URL (one server or several) with its passwords replaced."""
+    return ",".join(redact_url(part.strip()) for part in url.split(","))

@@ -58,9 +58,7 @@ async def heartbeat_loop(js: Any, settings: Settings, stop: asyncio.Event) -> No
         while not stop.is_set():
             try:
                 if kv is None:
-                    kv = await js.create_key_value(
-                        bucket=bucket_name(settings), ttl=TTL_SECONDS, history=1
-                    )
+                    kv = await _bucket(js, settings)
                 await kv.put(key, json.dumps({**beat, "seen_at": _now()}).encode())
             except Exception as exc:  # noqa: BLE001 - NATS away: the next beat tries again
                 logger.debug("heartbeat not written: %s", exc)
@@ -70,6 +68,21 @@ async def heartbeat_loop(js: Any, settings: Settings, stop: asyncio.Event) -> No
         if kv is not None:
             with suppress(Exception):
                 await kv.purge(key)
+
+
+async def _bucket(js: Any, settings: Settings) -> Any:
+    """The workers bucket, created with the stream's replicas (an existing one is kept)."""
+    from nats.js.errors import BadRequestError
+
+    try:
+        return await js.create_key_value(
+            bucket=bucket_name(settings),
+            ttl=TTL_SECONDS,
+            history=1,
+            replicas=settings.nats_stream_replicas,
+        )
+    except BadRequestError:  # it exists with other settings (replicas changed): use it
+        return await js.key_value(bucket_name(settings))
 
 
 async def workers_seen(js: Any, settings: Settings) -> list[WorkerSeen] | None:

