@@ -107,6 +107,10 @@ async def _register_vector(connection: Any) -> None:
         await register_vector(connection)
     except ValueError:
         pass  # no vector extension yet (before the first migration): nothing to register
+    except asyncpg.InternalClientError as exc:
+        # The connection broke while it was being set up (seen while the server restarted:
+        # "another operation is in progress"): a lost connection, answered 503, not a bug.
+        raise ConnectionError(f"database connection lost during setup: {exc}") from exc
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
