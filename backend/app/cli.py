@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.commands.embeddings import embeddings_app
 from app.commands.index import index_app
 from app.commands.tokens import token_app
 from app.core.config import get_settings
@@ -77,6 +78,26 @@ def coverage_table(rows: list[Any], indexes: list[Any]) -> Table:
     return outer
 
 
+def spaces_table(spaces: list[Any]) -> Table:
+    """Each embedding space: state, model, column, coverage, rate and ETA."""
+    table = Table(title="Embedding spaces")
+    for column in ("entity", "state", "model", "dims", "column", "coverage", "rows/s", "ETA"):
+        table.add_column(column)
+    for space in spaces:
+        eta = space.eta_seconds
+        table.add_row(
+            space.entity,
+            space.state + (f" ({space.phase})" if space.phase else ""),
+            f"{space.provider}: {space.model}",
+            f"{space.dimensions} {space.storage}",
+            space.column,
+            f"{space.current}/{space.total} ({space.coverage_pct:.1f}%)",
+            f"{space.rows_per_second:.1f}",
+            "stalled" if eta is None else f"{eta:.0f} s",
+        )
+    return table
+
+
 def _yes(value: bool) -> str:
     return "[green]yes[/]" if value else "[red]no[/]"
 
@@ -91,7 +112,7 @@ def parked_table(reasons: list[Any]) -> Table:
     return table
 
 
-async def _status() -> tuple[list[Any], list[Any], list[Any]]:
+async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
     from app.db import check_database, create_engine, session_factory
     from app.services import status_service
 
@@ -107,7 +128,10 @@ async def _status() -> tuple[list[Any], list[Any], list[Any]]:
             reasons = await status_service.parked_reasons(
                 session, max_attempts=settings.embedding_max_attempts
             )
-        return rows, indexes, reasons
+            spaces = await status_service.space_coverage(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+        return rows, indexes, reasons, spaces
     finally:
         await engine.dispose()
 
@@ -117,16 +141,18 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Embedding coverage per entity and the health of the HNSW indexes."""
-    rows, indexes, reasons = run(_status)
+    rows, indexes, reasons, spaces = run(_status)
     if as_json:
         payload = {
             "coverage": [row.as_dict() for row in rows],
             "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
             "parked": [vars(reason) for reason in reasons],
+            "spaces": [space.as_dict() for space in spaces],
         }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     console.print(coverage_table(rows, indexes))
+    console.print(spaces_table(spaces))
     if reasons:
         console.print(parked_table(reasons))
 
@@ -245,6 +271,7 @@ def demo(
 
 app.add_typer(token_app, name="token")
 app.add_typer(index_app, name="index")
+app.add_typer(embeddings_app, name="embeddings")
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
 NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults")

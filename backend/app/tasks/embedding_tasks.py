@@ -23,7 +23,7 @@ from taskiq.message import TaskiqMessage
 from app.core.errors import AppError, EmbeddingProviderError
 from app.db import is_transient_db_error
 from app.services.embedding_jobs import DbRetry, Lease, embed_rows
-from app.services.embedding_queue import Enqueue, mark_queued, park
+from app.services.embedding_queue import Enqueue, mark_queued, park, slot_of
 from app.services.entities import ATOMS, MESSAGES, Entity
 from app.tasks import runtime as runtime_module
 from app.tasks.broker import Delivery, ProviderRetryMiddleware, broker, current_delivery
@@ -38,7 +38,11 @@ REDELIVERY_DELAY = 5.0  # seconds before the first redelivery of a failed messag
 
 
 async def _embed_batch(
-    entity: Entity, ids: list[str], provider_id: str | None, context: Context | None
+    entity: Entity,
+    ids: list[str],
+    provider_id: str | None,
+    space_id: int | None,
+    context: Context | None,
 ) -> dict[str, int]:
     runtime = runtime_module.runtime
     settings = runtime.settings
@@ -46,13 +50,17 @@ async def _embed_batch(
     retry = DbRetry(seconds=settings.db_retry_seconds)
     row_ids = [uuid.UUID(i) for i in ids]
     try:
-        entry = await retry.run(lambda: runtime.embedding(provider_id))
+        resolved = await retry.run(lambda: runtime.for_task(entity, provider_id, space_id))
+        if resolved is None:  # its space was retired (rolled back or finished): nothing to do
+            return {"embedded": 0, "skipped": len(row_ids), "failed": 0}
+        space, entry = resolved
+        entity = space.slot
         stats = await embed_rows(
             runtime.engine,
             entity,
             row_ids,
             entry.service,
-            model=entry.spec.model,
+            model=space.model,
             max_attempts=settings.embedding_max_attempts,
             lease=Lease(
                 seconds=settings.embedding_lease_seconds,
@@ -115,9 +123,12 @@ async def _failed(
 
 async def _give_back(message: TaskiqMessage) -> None:
     """Retries spent or not publishable: the sweeper takes the rows on its next pass."""
-    entity = TASK_ENTITIES[message.task_name]
+    engine = runtime_module.runtime.engine
+    entity = await slot_of(engine, TASK_ENTITIES[message.task_name], _space_id(message))
+    if entity is None:
+        return
     ids = [uuid.UUID(i) for i in message.args[0]] if message.args else []
-    await mark_queued(runtime_module.runtime.engine, entity, ids, queued=False)
+    await mark_queued(engine, entity, ids, queued=False)
     logger.warning("%d %s handed back to the sweeper", len(ids), entity.name)
 
 
@@ -125,20 +136,29 @@ async def _give_back(message: TaskiqMessage) -> None:
 async def embed_messages_batch_task(
     message_ids: list[str],
     provider_id: str | None = None,
+    space_id: int | None = None,
     context: TaskContext = None,
 ) -> dict[str, int]:
-    """Embed the messages among these ids that need it: {embedded, skipped, failed}."""
-    return await _embed_batch(MESSAGES, message_ids, provider_id, context)
+    """Embed the messages among these ids that need it, for one embedding space (default: the
+    active one): {embedded, skipped, failed}."""
+    return await _embed_batch(MESSAGES, message_ids, provider_id, space_id, context)
 
 
 @broker.task(task_name=ATOMS_TASK, retry_on_error=True)
 async def embed_atoms_batch_task(
     atom_ids: list[str],
     provider_id: str | None = None,
+    space_id: int | None = None,
     context: TaskContext = None,
 ) -> dict[str, int]:
-    """Embed the atoms among these ids that need it: {embedded, skipped, failed}."""
-    return await _embed_batch(ATOMS, atom_ids, provider_id, context)
+    """Embed the atoms among these ids that need it, for one embedding space (default: the
+    active one): {embedded, skipped, failed}."""
+    return await _embed_batch(ATOMS, atom_ids, provider_id, space_id, context)
+
+
+def _space_id(message: TaskiqMessage) -> int | None:
+    space = message.kwargs.get("space_id")
+    return int(space) if space is not None else None
 
 
 ProviderRetryMiddleware.on_give_up.update(dict.fromkeys(TASK_ENTITIES, _give_back))
@@ -147,19 +167,23 @@ ProviderRetryMiddleware.on_give_up.update(dict.fromkeys(TASK_ENTITIES, _give_bac
 async def park_exhausted(target: AsyncBroker, data: bytes, deliveries: int) -> None:
     """Park the rows of a message JetStream gave up on (its worker died or hung each time)."""
     message = target.formatter.loads(data)
-    entity = TASK_ENTITIES.get(message.task_name)
-    if entity is None or not message.args:
+    base = TASK_ENTITIES.get(message.task_name)
+    if base is None or not message.args:
+        return
+    runtime = runtime_module.runtime
+    entity = await slot_of(runtime.engine, base, _space_id(message))
+    if entity is None:
         return
     ids = [uuid.UUID(i) for i in message.args[0]]
     reason = f"the task never completed in {deliveries} deliveries (its worker died or hung)"
-    runtime = runtime_module.runtime
     max_attempts = runtime.settings.embedding_max_attempts
     parked = await park(runtime.engine, entity, ids, reason, max_attempts=max_attempts)
     logger.error("parked %d %s: %s", parked, entity.name, reason)
 
 
 def enqueuer(provider_id: str | None = None, target: AsyncBroker | None = None) -> Enqueue:
-    """An Enqueue for app.services.embedding_queue that publishes the batch tasks (to `target`)."""
+    """An Enqueue for app.services.embedding_queue that publishes the batch tasks (to `target`),
+    each for the embedding space of the slot it is given."""
     via = target or broker
 
     async def enqueue(entity: Entity, ids: list[uuid.UUID]) -> None:
@@ -168,6 +192,6 @@ def enqueuer(provider_id: str | None = None, target: AsyncBroker | None = None) 
         kicker: AsyncKicker[Any, Any] = AsyncKicker(
             task_name=task.task_name, broker=via, labels=dict(task.labels)
         )
-        await kicker.kiq([str(i) for i in ids], provider_id)
+        await kicker.kiq([str(i) for i in ids], provider_id, space_id=entity.space_id)
 
     return enqueue

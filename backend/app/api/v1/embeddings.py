@@ -21,10 +21,12 @@ from app.schemas.embeddings import (
     EnqueueResponse,
     IndexOut,
     ProviderInfo,
+    SpaceOut,
 )
 from app.services import provider_service, status_service
-from app.services.embedding_jobs import DbRetry, embed_rows
+from app.services.embedding_jobs import DbRetry, EmbedStats, embed_rows
 from app.services.embedding_queue import PendingFilter, needing_embedding, pending_pages, publish
+from app.services.embedding_spaces import space_for_provider
 from app.services.entities import ATOMS, MESSAGES, Entity
 from app.tasks.embedding_tasks import enqueuer
 
@@ -53,7 +55,11 @@ async def embedding_status(state: StateDep, session: SessionDep) -> EmbeddingSta
         max_attempts=state.settings.embedding_max_attempts,
     )
     indexes = await status_service.index_states(session)
+    spaces = await status_service.space_coverage(
+        session, max_attempts=state.settings.embedding_max_attempts
+    )
     return EmbeddingStatus(
+        spaces=[SpaceOut.model_validate(space.as_dict()) for space in spaces],
         coverage=[CoverageOut.model_validate(row.as_dict()) for row in rows],
         indexes=[
             IndexOut(**{k: v for k, v in vars(i).items() if k != "definition"}, healthy=i.healthy)
@@ -75,11 +81,12 @@ async def _enqueue(
     if body.all_missing and not granted.covers(TokenScope.admin):
         raise forbidden(TokenScope.admin, granted)
     if body.provider_id is not None:
-        # Refused here (404 unknown, 422 inactive or not fitting the column), not queued to fail
-        # in the worker while the rows wait for the sweeper.
-        spec = await provider_service.resolve_spec(session, body.provider_id, state.settings)
-        await provider_service.check_fits_column(session, spec)
-    enqueue = enqueuer(str(body.provider_id) if body.provider_id else None)
+        # Refused here (404 unknown, 422 inactive or not the active or target space's
+        # provider), not queued to fail in the worker while the rows wait for the sweeper.
+        await provider_service.resolve_spec(session, body.provider_id, state.settings)
+        spaces = await state.registry.book.spaces(session)
+        entity = space_for_provider(spaces, entity.name, body.provider_id).slot
+    enqueue = enqueuer(None)
     batch = state.settings.task_batch_size
     queued = failed = skipped = 0
     if body.all_missing:
@@ -114,25 +121,29 @@ async def enqueue_atoms(
 async def _embed_now(
     state: StateDep, session: SessionDep, entity: Entity, row_id: uuid.UUID
 ) -> EmbedNowResponse:
-    exists = await needing_embedding(state.engine, entity, [row_id])
-    entry = await state.registry.get(session)
-    await session.commit()
-    if not exists:
-        found = await session.execute(
-            text(f"SELECT 1 FROM {entity.table} WHERE id = :id"), {"id": row_id}
-        )
-        if found.first() is None:
-            raise NotFoundError(f"{entity.name[:-1]} {row_id} not found")
-    stats = await embed_rows(
-        state.engine,
-        entity,
-        [row_id],
-        entry.service,
-        model=entry.spec.model,
-        max_attempts=10**6,
-        retry=DbRetry(seconds=0),  # a request answers 503 at once rather than wait on Postgres
+    found = await session.execute(
+        text(f"SELECT 1 FROM {entity.table} WHERE id = :id"), {"id": row_id}
     )
-    return EmbedNowResponse(id=row_id, **stats.as_dict())
+    if found.first() is None:
+        raise NotFoundError(f"{entity.name[:-1]} {row_id} not found")
+    await state.registry.sync(session)
+    total = EmbedStats()
+    # Every space rows are embedded for: the active one, and a switch's target (or previous).
+    for space in await state.registry.book.writable(session, entity.name):
+        entry = await state.registry.for_space(session, space)
+        await session.commit()
+        stats = await embed_rows(
+            state.engine,
+            space.slot,
+            [row_id],
+            entry.service,
+            model=space.model,
+            max_attempts=10**6,
+            retry=DbRetry(seconds=0),  # a request answers 503 at once rather than wait
+        )
+        if space.state == "active":
+            total = stats
+    return EmbedNowResponse(id=row_id, **total.as_dict())
 
 
 @router.post(

@@ -12,6 +12,8 @@ from app.api.deps import SessionDep, StateDep
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
 from app.core.errors import ValidationError
 from app.schemas.embeddings import ExtractRequest, ExtractResponse
+from app.services import provider_service
+from app.services.embedding_spaces import space_for_provider
 from app.services.knowledge import extraction_service
 from app.tasks.knowledge_tasks import extract_knowledge_from_messages_task
 
@@ -33,6 +35,12 @@ async def extract(body: ExtractRequest, state: StateDep, session: SessionDep) ->
     EXTRACTION_REQUEUE_SECONDS counts as pending again)."""
     if not body.message_ids and not body.all_pending:
         raise ValidationError("give message_ids or set all_pending")
+    if body.provider_id is not None:
+        # Only the active or a switch's target provider: no third model's vectors in a column.
+        await provider_service.resolve_spec(session, body.provider_id, state.settings)
+        spaces = await state.registry.book.spaces(session)
+        for entity in ("messages", "atoms"):
+            space_for_provider(spaces, entity, body.provider_id)
     ids = list(dict.fromkeys(body.message_ids))
     await extraction_service.claim(session, ids)
     if body.all_pending:

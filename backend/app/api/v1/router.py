@@ -2,8 +2,24 @@
 
 from fastapi import APIRouter
 
-from app.api.v1 import embeddings, health, knowledge, messages, providers, semantic_search
+from app.api.v1 import (
+    embedding_spaces,
+    embeddings,
+    health,
+    knowledge,
+    messages,
+    providers,
+    semantic_search,
+)
 
 api_router = APIRouter()
-for module in (health, semantic_search, embeddings, messages, providers, knowledge):
+for module in (
+    health,
+    semantic_search,
+    embeddings,
+    embedding_spaces,
+    messages,
+    providers,
+    knowledge,
+):
     api_router.include_router(module.router)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from app.api.auth import AUTH_RESPONSES, SearchAccess
 from app.api.deps import ReadSessionDep, StateDep
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup, rate_limit
+from app.core.errors import ServiceUnavailableError
 from app.observability.metrics import observe_search
 from app.schemas.search import (
     AtomSearchRequest,
@@ -20,6 +21,7 @@ from app.schemas.search import (
     SearchResponse,
 )
 from app.services import semantic_search_service as search
+from app.services.embedding_spaces import Space
 from app.services.entities import ATOMS, MESSAGES, Entity
 
 router = APIRouter(
@@ -30,9 +32,12 @@ router = APIRouter(
 )
 
 
-def _response(query: str, page: search.SearchPage, started: float) -> SearchResponse:
+def _response(
+    query: str, page: search.SearchPage, started: float, model: str | None = None
+) -> SearchResponse:
     return SearchResponse(
         query=query,
+        embedding_model=model,
         mode=page.mode,
         limit=page.limit,
         offset=page.offset,
@@ -69,22 +74,45 @@ async def _search(
 ) -> SearchResponse:
     started = time.perf_counter()
     with observe_search(entity.name, body.mode):
-        entry = await state.registry.get(session)
-        vector = await entry.service.embed_query(body.query)
-        page = await search.search(
-            session,
-            entity,
-            vector,
-            query_text=body.query,
-            limit=body.limit,
-            offset=body.offset,
-            threshold=body.threshold,
-            filters=filters,
-            mode=body.mode,
-            tuning=search.SearchTuning.from_settings(state.settings),
-        )
+        for attempt in range(SPACE_RETRIES):
+            # The query is embedded by the active space's model and compared with its vectors
+            # only; a cutover in between is seen by the search and the query embedded again.
+            space = await _active_space(state, session, entity, fresh=attempt > 0)
+            entry = await state.registry.for_space(session, space)
+            vector = await entry.service.embed_query(body.query)
+            try:
+                page = await search.search(
+                    session,
+                    entity,
+                    vector,
+                    query_text=body.query,
+                    limit=body.limit,
+                    offset=body.offset,
+                    threshold=body.threshold,
+                    filters=filters,
+                    mode=body.mode,
+                    tuning=search.SearchTuning.from_settings(state.settings),
+                    space_id=space.id,
+                )
+                break
+            except search.SpaceMoved:
+                await session.rollback()
+        else:
+            raise ServiceUnavailableError("the embedding space kept changing; try again")
     await session.commit()
-    return _response(body.query, page, started)
+    return _response(body.query, page, started, space.model)
+
+
+SPACE_RETRIES = 4
+
+
+async def _active_space(
+    state: StateDep, session: ReadSessionDep, entity: Entity, *, fresh: bool
+) -> Space:
+    """The entity's active space (cached by config version; read again after a cutover)."""
+    if fresh:
+        await state.registry.book.refresh(session, force=True)
+    return await state.registry.book.active(session, entity.name)
 
 
 @router.post("/messages", summary="Search messages by meaning")
@@ -122,18 +150,28 @@ async def _similar(
 ) -> SearchResponse:
     started = time.perf_counter()
     with observe_search(entity.name, "similar"):
-        vector = await search.embedding_of(session, entity, row_id)
-        page = await search.search(
-            session,
-            entity,
-            vector,
-            limit=limit,
-            threshold=threshold,
-            tuning=search.SearchTuning.from_settings(state.settings),
-            exclude=row_id,
-        )
+        for attempt in range(SPACE_RETRIES):
+            space = await _active_space(state, session, entity, fresh=attempt > 0)
+            try:
+                # checked first: the row's vector and the others' are then of one model
+                await search.check_space(session, entity, space.id)
+                vector = await search.embedding_of(session, entity, row_id)
+                page = await search.search(
+                    session,
+                    entity,
+                    vector,
+                    limit=limit,
+                    threshold=threshold,
+                    tuning=search.SearchTuning.from_settings(state.settings),
+                    exclude=row_id,
+                )
+                break
+            except search.SpaceMoved:
+                await session.rollback()
+        else:
+            raise ServiceUnavailableError("the embedding space kept changing; try again")
     await session.commit()
-    return _response(str(row_id), page, started)
+    return _response(str(row_id), page, started, space.model)
 
 
 Limit = Annotated[int, Query(ge=1, le=100)]

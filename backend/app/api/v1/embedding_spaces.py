@@ -1,0 +1,83 @@
+"""Embedding spaces over the API: list them; switch, cut over, roll back, finish (admin)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from fastapi import APIRouter, status
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.api.auth import AUTH_RESPONSES, AdminAccess, SearchAccess
+from app.api.deps import StateDep
+from app.core.config import Settings
+from app.indexes.progress import PlainReporter
+from app.schemas.embeddings import CutoverRequest, SpaceOut, SwitchRequest, SwitchResponse
+from app.services import embedding_switch, embedding_switch_runner
+from app.tasks.embedding_tasks import enqueuer
+
+router = APIRouter(prefix="/embeddings", tags=["embedding spaces"], responses=AUTH_RESPONSES)
+logger = logging.getLogger(__name__)
+
+
+async def _spaces(engine: AsyncEngine, settings: Settings) -> list[SpaceOut]:
+    rows = await embedding_switch_runner.coverage(engine, settings)
+    return [SpaceOut.model_validate(row.as_dict()) for row in rows]
+
+
+@router.get("/spaces", summary="Embedding spaces", dependencies=[SearchAccess])
+async def list_spaces(state: StateDep) -> list[SpaceOut]:
+    """Each entity's active space, a switch's target and the previous one: coverage, rate, ETA."""
+    return await _spaces(state.engine, state.settings)
+
+
+@router.post(
+    "/switch",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start (or resume) a switch to another model",
+    dependencies=[AdminAccess],
+)
+async def switch(body: SwitchRequest, state: StateDep) -> SwitchResponse:
+    """Probe the provider, add the target columns and queue the fill to the workers.
+    Called again it resumes (queues what is left). `POST /embeddings/cutover` follows."""
+    async with state.engine.connect() as conn:
+        target = await embedding_switch.resolve_target(
+            conn, state.settings, body.provider, body.storage
+        )
+    spaces, queued = await embedding_switch_runner.begin(
+        state.engine, state.settings, target, enqueuer(None)
+    )
+    message = f"switch to {spaces[0].describe()}: queued " + ", ".join(
+        f"{name} {count}" for name, count in queued.items()
+    )
+    return SwitchResponse(message=message, spaces=await _spaces(state.engine, state.settings))
+
+
+@router.post("/cutover", summary="Make the target the active space", dependencies=[AdminAccess])
+async def cutover(body: CutoverRequest, state: StateDep) -> SwitchResponse:
+    """Builds the target's HNSW index if missing (CONCURRENTLY), then renames the columns in one
+    short transaction. 409 below 100% coverage unless `force`."""
+    reporter = PlainReporter(sys.stderr)
+    await embedding_switch_runner.index_targets(state.engine, state.settings, reporter)
+    spaces = await embedding_switch.cutover(
+        state.engine, force=body.force, max_attempts=state.settings.embedding_max_attempts
+    )
+    active = next(s for s in spaces if s.state == "active")
+    return SwitchResponse(
+        message=f"cut over: {active.describe()} is active",
+        spaces=await _spaces(state.engine, state.settings),
+    )
+
+
+@router.post("/rollback", summary="Restore the previous space", dependencies=[AdminAccess])
+async def rollback(state: StateDep) -> SwitchResponse:
+    """After a cutover: the previous space active again. Before one: the switch abandoned."""
+    message = await embedding_switch.rollback(state.engine)
+    return SwitchResponse(message=message, spaces=await _spaces(state.engine, state.settings))
+
+
+@router.post("/finish", summary="Drop the previous space", dependencies=[AdminAccess])
+async def finish(state: StateDep) -> SwitchResponse:
+    """Drop the previous space's column and index: the switch is over."""
+    message = await embedding_switch.finish(state.engine)
+    return SwitchResponse(message=message, spaces=await _spaces(state.engine, state.settings))
