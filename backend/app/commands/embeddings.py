@@ -71,8 +71,7 @@ async def _switch(
     if not wait:
         say("follow it with `tasktracker embeddings status`; `--wait` builds the index at 100%")
         return 0
-    targets = await runner.wait_filled(engine, settings, say)
-    if any(t.pending for t in targets):
+    if await runner.wait_filled(engine, settings, say):
         say(
             "[red]the fill stalled[/]: is a worker running? (`tasktracker worker`); run again to resume"
         )

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.models.embedding_space import SLOT_SUFFIX
 from app.services.embedding_spaces import SpaceBook
 from app.services.entities import Columns, Entity
 
@@ -95,12 +96,29 @@ async def mark_queued(
     """Remember (or forget) that these rows are on the queue, so the sweeper leaves them alone."""
     value = "now()" if queued else "NULL"
     async with engine.begin() as conn:
+        slot = await current_slot(conn, entity)
+        if slot is None:
+            return
         await conn.execute(
-            text(
-                f"UPDATE {entity.table} SET {entity.cols.queued_at} = {value} WHERE id = ANY(:ids)"
-            ),
+            text(f"UPDATE {slot.table} SET {slot.cols.queued_at} = {value} WHERE id = ANY(:ids)"),
             {"ids": list(ids)},
         )
+
+
+async def current_slot(conn: AsyncConnection, entity: Entity) -> Entity | None:
+    """The columns the entity's space holds now, locked for the transaction (a cutover waits):
+    a slot cached before a cutover would name columns that moved. None: the space is retired."""
+    if entity.space_id is None:
+        return entity
+    state = (
+        await conn.execute(
+            text("SELECT state FROM embedding_spaces WHERE id = :id FOR SHARE"),
+            {"id": entity.space_id},
+        )
+    ).scalar()
+    if state not in SLOT_SUFFIX:
+        return None
+    return entity.slot(SLOT_SUFFIX[state], entity.space_id)
 
 
 async def publish(
@@ -236,11 +254,14 @@ async def park(
     be decrypted, a task that never completes): the sweeper leaves parked rows alone, status
     counts them with their reasons, and `backfill --retry-failed` takes them again.
     """
-    c = entity.cols
     async with engine.begin() as conn:
+        slot = await current_slot(conn, entity)
+        if slot is None:
+            return 0
+        c = slot.cols
         result = await conn.execute(
             text(
-                f"UPDATE {entity.table} SET {c.error} = :reason, "
+                f"UPDATE {slot.table} SET {c.error} = :reason, "
                 f"{c.attempts} = greatest({c.attempts}, :max_attempts), "
                 f"{c.claimed_by} = NULL, {c.claim_expires_at} = NULL, "
                 f"{c.queued_at} = NULL WHERE id = ANY(:ids) AND {c.needs_text}"

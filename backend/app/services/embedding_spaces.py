@@ -19,7 +19,6 @@ from typing import Any, Protocol
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.core.enums import ProviderType
 from app.core.errors import ConfigurationError, DimensionMismatchError, ValidationError
 from app.models.embedding_space import SLOT_SUFFIX
 from app.models.provider import LLMProvider
@@ -176,17 +175,13 @@ def spec_for_space(
                 f"gone or inactive. Fix: activate it, or switch: `{SWITCH_HINT}`"
             )
         spec = spec_from_row(row, settings)
-    elif (from_settings.type.value, from_settings.model) == (space.provider_type, space.model):
-        spec = from_settings
     else:
-        # The settings now name another provider: the space keeps the model it was made with.
-        spec = replace(
-            from_settings,
-            type=ProviderType(space.provider_type),
-            name=space.provider_name,
-            model=space.model,
-            dimensions=space.dimensions,
-        )
+        # A space seeded from the settings follows EMBEDDING_* at the same dimension (and
+        # `backfill --stale` re-embeds what an earlier model made); another dimension, or a
+        # provider row, is moved to with a switch.
+        spec = from_settings
+        check_fits_space(spec, replace(space, model=spec.model))
+        return spec
     check_fits_space(spec, space)
     return spec
 

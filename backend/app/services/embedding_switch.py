@@ -280,17 +280,23 @@ async def _index_valid(conn: AsyncConnection, index: VectorIndex) -> bool:
     return row is not None and bool(row[0]) and bool(row[1]) and bool(row[2])
 
 
+# Rows written this recently are on their way through the queue (they are published for every
+# space when written): they do not hold up the end of the fill or the cutover.
+IN_FLIGHT_SECONDS = 30.0
+
+
 async def missing(conn: AsyncConnection, space: Space, max_attempts: int) -> tuple[int, int]:
-    """(rows without a current vector in the space, of which parked)."""
+    """(rows the space lacks, not counting rows written in the last IN_FLIGHT_SECONDS; of
+    which parked)."""
     slot = space.slot
     c = slot.cols
     row = (
         await conn.execute(
             text(
                 f"SELECT count(*), count(*) FILTER (WHERE {c.attempts} >= :m) FROM {slot.table} "
-                f"WHERE {c.needs_text}"
+                f"WHERE {c.needs_text} AND updated_at < now() - make_interval(secs => :recent)"
             ),
-            {"m": max_attempts},
+            {"m": max_attempts, "recent": IN_FLIGHT_SECONDS},
         )
     ).one()
     return int(row[0]), int(row[1])

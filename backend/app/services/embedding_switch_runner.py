@@ -22,6 +22,7 @@ from app.services.embedding_spaces import Space, load_spaces
 from app.services.embedding_switch import (
     Target,
     fill,
+    missing,
     set_phase,
     start,
     target_index,
@@ -77,22 +78,34 @@ async def wait_filled(
     *,
     stall_seconds: float = 120.0,
     poll_seconds: float = 2.0,
-) -> list[status_service.SpaceCoverage]:
-    """Until every target is at 100% or stops moving; says the progress every few seconds."""
+) -> int:
+    """Until every target lacks no row but those in flight (written in the last seconds, queued
+    for it) or stops moving; says the progress every few seconds. Returns the rows left."""
     last, moved, told = None, time.monotonic(), 0.0
     while True:
         targets = [c for c in await coverage(engine, settings) if c.state == "target"]
-        left = sum(c.pending + c.parked for c in targets)
+        left = await _backlog(engine, settings)
         if time.monotonic() - told > 5 or left == 0:
             told = time.monotonic()
             say("; ".join(_progress_line(c) for c in targets))
-        if sum(c.pending for c in targets) == 0:
-            return targets
+        if left == 0:
+            return 0
         if left != last:
             last, moved = left, time.monotonic()
         elif time.monotonic() - moved > stall_seconds:
-            return targets
+            return left
         await asyncio.sleep(poll_seconds)
+
+
+async def _backlog(engine: AsyncEngine, settings: Settings) -> int:
+    """Rows a target lacks that are not parked and not in flight."""
+    async with engine.connect() as conn:
+        total = 0
+        for space in await load_spaces(conn):
+            if space.state == "target":
+                left, parked = await missing(conn, space, settings.embedding_max_attempts)
+                total += left - parked
+        return total
 
 
 def _progress_line(c: status_service.SpaceCoverage) -> str:

@@ -60,7 +60,7 @@ async def _embed_batch(
             entity,
             row_ids,
             entry.service,
-            model=space.model,
+            model=entry.spec.model,
             max_attempts=settings.embedding_max_attempts,
             lease=Lease(
                 seconds=settings.embedding_lease_seconds,

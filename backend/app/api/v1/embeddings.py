@@ -137,7 +137,7 @@ async def _embed_now(
             space.slot,
             [row_id],
             entry.service,
-            model=space.model,
+            model=entry.spec.model,
             max_attempts=10**6,
             retry=DbRetry(seconds=0),  # a request answers 503 at once rather than wait
         )

@@ -100,7 +100,7 @@ async def _search(
         else:
             raise ServiceUnavailableError("the embedding space kept changing; try again")
     await session.commit()
-    return _response(body.query, page, started, space.model)
+    return _response(body.query, page, started, entry.spec.model)
 
 
 SPACE_RETRIES = 4
@@ -152,6 +152,7 @@ async def _similar(
     with observe_search(entity.name, "similar"):
         for attempt in range(SPACE_RETRIES):
             space = await _active_space(state, session, entity, fresh=attempt > 0)
+            entry = await state.registry.for_space(session, space)
             try:
                 # checked first: the row's vector and the others' are then of one model
                 await search.check_space(session, entity, space.id)
@@ -171,7 +172,7 @@ async def _similar(
         else:
             raise ServiceUnavailableError("the embedding space kept changing; try again")
     await session.commit()
-    return _response(str(row_id), page, started, space.model)
+    return _response(str(row_id), page, started, entry.spec.model)
 
 
 Limit = Annotated[int, Query(ge=1, le=100)]
