@@ -280,23 +280,25 @@ async def _index_valid(conn: AsyncConnection, index: VectorIndex) -> bool:
     return row is not None and bool(row[0]) and bool(row[1]) and bool(row[2])
 
 
-# Rows written this recently are on their way through the queue (they are published for every
-# space when written): they do not hold up the end of the fill or the cutover.
+# Rows written since the switch began and this recently are on their way through the queue
+# (a write is published for every space): they do not hold up the end of the fill or the
+# cutover (after which search counts them in `not_embedded` until they are embedded).
 IN_FLIGHT_SECONDS = 30.0
 
 
 async def missing(conn: AsyncConnection, space: Space, max_attempts: int) -> tuple[int, int]:
-    """(rows the space lacks, not counting rows written in the last IN_FLIGHT_SECONDS; of
-    which parked)."""
+    """(rows the space lacks, not counting rows written during the switch in the last
+    IN_FLIGHT_SECONDS; of which parked)."""
     slot = space.slot
     c = slot.cols
     row = (
         await conn.execute(
             text(
                 f"SELECT count(*), count(*) FILTER (WHERE {c.attempts} >= :m) FROM {slot.table} "
-                f"WHERE {c.needs_text} AND updated_at < now() - make_interval(secs => :recent)"
+                f"WHERE {c.needs_text} AND NOT (updated_at > now() - make_interval(secs => :recent) "
+                "AND updated_at > (SELECT created_at FROM embedding_spaces WHERE id = :space))"
             ),
-            {"m": max_attempts, "recent": IN_FLIGHT_SECONDS},
+            {"m": max_attempts, "recent": IN_FLIGHT_SECONDS, "space": space.id},
         )
     ).one()
     return int(row[0]), int(row[1])

@@ -137,6 +137,7 @@ async def create_provider(
     api_key: str | None = None,
     chat_model: str | None = None,
     is_default: bool = False,
+    settings: Settings | None = None,
 ) -> LLMProvider:
     """Store a provider; its API key is encrypted before it reaches the database."""
     check_native_dimensions(type, embedding_dimensions)
@@ -144,7 +145,7 @@ async def create_provider(
     if exists.first() is not None:
         raise ConflictError(f"a provider named {name!r} already exists")
     if is_default:
-        await check_default_fits(session, name, embedding_model, embedding_dimensions)
+        await check_default_fits(session, name, embedding_model, embedding_dimensions, settings)
         await session.execute(text(DEFAULT_LOCK))
         await session.execute(update(LLMProvider).values(is_default=False))
     row = LLMProvider(
@@ -178,15 +179,26 @@ def check_native_dimensions(kind: ProviderType, dimensions: int) -> None:
 SWITCH_FIX = "tasktracker embeddings switch --provider {name}` (or POST /api/v1/embeddings/switch)"
 
 
-async def check_default_fits(session: AsyncSession, name: str, model: str, dims: int) -> None:
+async def check_default_fits(
+    session: AsyncSession, name: str, model: str, dims: int, settings: Settings | None = None
+) -> None:
     """A default whose model or dimension differs from the active spaces would mix models:
     refused (409) with the command that moves to it online."""
     rows = (
         await session.execute(
-            text("SELECT entity, model, dimensions FROM embedding_spaces WHERE state = 'active'")
+            text(
+                "SELECT entity, model, dimensions, provider_id FROM embedding_spaces "
+                "WHERE state = 'active'"
+            )
         )
     ).all()
-    for entity, active_model, active_dims in rows:
+    for entity, recorded, active_dims, provider_id in rows:
+        # a space seeded from the settings embeds with the model EMBEDDING_* name now
+        active_model = (
+            spec_from_settings(settings).model
+            if provider_id is None and settings is not None
+            else recorded
+        )
         if (active_model, active_dims) != (model, dims):
             raise ConflictError(
                 f"provider {name!r} ({model}, {dims} dims) is not the model of the active "
@@ -201,8 +213,8 @@ async def _spaces_follow(session: AsyncSession, row: LLMProvider) -> None:
     await session.execute(
         text(
             "UPDATE embedding_spaces SET provider_id = :id, provider_name = :name, "
-            "provider_type = :type WHERE state = 'active' AND model = :model "
-            "AND dimensions = :dims"
+            "provider_type = :type, model = :model WHERE state = 'active' "
+            "AND (model = :model OR provider_id IS NULL) AND dimensions = :dims"
         ),
         {
             "id": row.id,
@@ -241,7 +253,10 @@ async def _check_in_use(session: AsyncSession, row: LLMProvider, changes: dict[s
 
 
 async def update_provider(
-    session: AsyncSession, row: LLMProvider, changes: dict[str, Any]
+    session: AsyncSession,
+    row: LLMProvider,
+    changes: dict[str, Any],
+    settings: Settings | None = None,
 ) -> LLMProvider:
     """Apply a PATCH. A new host without a new key drops the stored key: the key was given for
     the old host, and sending it anywhere else would let it be read out."""
@@ -253,7 +268,7 @@ async def update_provider(
     if changes.get("is_default"):
         model = changes.get("embedding_model", row.embedding_model)
         dims = int(changes.get("embedding_dimensions", row.embedding_dimensions))
-        await check_default_fits(session, row.name, model, dims)
+        await check_default_fits(session, row.name, model, dims, settings)
     if "api_key" in changes:
         key = changes.pop("api_key")
         row.api_key_encrypted = encrypt_secret(key) if key else None
