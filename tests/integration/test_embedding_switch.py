@@ -380,3 +380,50 @@ async def test_a_running_worker_uses_a_changed_provider_within_seconds(
     assert refused.status_code == 409, refused.text
     assert "tasktracker embeddings switch --provider wide" in refused.text
     assert "alembic downgrade" not in refused.text
+
+
+@pytest.mark.timeout(900)
+async def test_a_halfvec_space_is_filled_indexed_and_searched(pipeline: Pipeline, api: Api) -> None:
+    """halfvec is a storage choice: the column, its HNSW opclass, search and similar items."""
+    await seeded(pipeline, 80, 20)
+    await create_large(api, pipeline)
+    code, out = await cli(
+        pipeline, "switch", "--provider", "large", "--storage", "halfvec", "--wait"
+    )
+    assert code == 0, out
+    code, out = await cli(pipeline, "cutover")
+    assert code == 0, out
+    assert (
+        await scalar(
+            pipeline,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'messages'::regclass AND attname = 'embedding'",
+        )
+        == "halfvec(1536)"
+    )
+    assert (
+        await scalar(
+            pipeline,
+            "SELECT o.opcname FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0] "
+            "WHERE i.indexrelid = 'messages_embedding_hnsw_idx'::regclass",
+        )
+        == "halfvec_cosine_ops"
+    )
+    query = "message number 7 about deploys"
+    answer = await api.call(
+        "POST", "/semantic_search/messages", TokenScope.search, json={"query": query, "limit": 5}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["embedding_model"] == LARGE
+    for hit in answer.json()["results"]:
+        want = expected_similarity(pipeline, query, hit["item"], LARGE)
+        assert abs(hit["similarity"] - want) < 5e-3
+    first = answer.json()["results"][0]["id"]
+    similar = await api.call("GET", f"/semantic_search/messages/{first}/similar", TokenScope.search)
+    assert similar.status_code == 200, similar.text
+    status = await api.call("GET", "/embeddings/status", TokenScope.search)
+    assert status.status_code == 200, status.text
+    assert all(index["healthy"] for index in status.json()["indexes"]), status.json()["indexes"]
+    spaces = {(s["entity"], s["state"]): s for s in status.json()["spaces"]}
+    assert spaces[("messages", "active")]["storage"] == "halfvec"
+    assert spaces[("messages", "previous")]["coverage_pct"] == 100.0
