@@ -274,7 +274,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(embeddings_app, name="embeddings")
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
-NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults")
+NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults", "switch")
 
 
 @app.command("bench")
@@ -282,8 +282,8 @@ def bench(
     what: Annotated[
         str,
         typer.Argument(
-            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load "
-            "or faults."
+            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load, "
+            "faults or switch."
         ),
     ] = "all",
     quick: Annotated[

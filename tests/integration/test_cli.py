@@ -133,8 +133,9 @@ def test_worker_refuses_a_provider_that_does_not_fit_the_column(
     assert (
         "1536" in result.stderr
         and "384" in result.stderr
-        and "EMBEDDING_DIMENSIONS=384" in result.stderr
+        and "tasktracker embeddings switch" in result.stderr
     )
+    assert "alembic downgrade" not in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -427,3 +427,54 @@ async def test_a_halfvec_space_is_filled_indexed_and_searched(pipeline: Pipeline
     spaces = {(s["entity"], s["state"]): s for s in status.json()["spaces"]}
     assert spaces[("messages", "active")]["storage"] == "halfvec"
     assert spaces[("messages", "previous")]["coverage_pct"] == 100.0
+
+
+async def test_routes_refuse_a_third_model_and_the_switch_is_admin_only(
+    pipeline: Pipeline, api: Api
+) -> None:
+    """provider_id may only name the active or target space's provider; switching is admin's."""
+    await create_large(api, pipeline, "third")
+    third = next(p for p in (await api.call("GET", "/providers")).json() if p["name"] == "third")
+    await insert_messages(pipeline.engine, 3)
+    ids = [str(i) for i in (await scalar_ids(pipeline))]
+    for path, body in (
+        ("/embeddings/messages/batch", {"ids": ids, "provider_id": third["id"]}),
+        ("/knowledge/extract", {"message_ids": ids, "provider_id": third["id"]}),
+    ):
+        answer = await api.call("POST", path, TokenScope.write, json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert "neither the active nor a switch's target" in answer.text
+        assert "tasktracker embeddings switch" in answer.text
+    refused = await api.call(
+        "POST", "/embeddings/switch", TokenScope.write, json={"provider": "third"}
+    )
+    assert refused.status_code == 403
+    early = await api.call("POST", "/embeddings/cutover", json={})
+    assert early.status_code == 409 and "no switch under way" in early.text
+    started = await api.call("POST", "/embeddings/switch", json={"provider": "third"})
+    assert started.status_code == 202, started.text
+    states = {(s["entity"], s["state"]) for s in started.json()["spaces"]}
+    assert ("messages", "target") in states and ("atoms", "target") in states
+    # now the target's provider is allowed
+    allowed = await api.call(
+        "POST",
+        "/embeddings/messages/batch",
+        TokenScope.write,
+        json={"ids": ids, "provider_id": third["id"]},
+    )
+    assert allowed.status_code == 200, allowed.text
+    abandoned = await api.call("POST", "/embeddings/rollback")
+    assert abandoned.status_code == 200 and "abandoned" in abandoned.text
+    assert (
+        await scalar(
+            pipeline,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'messages'::regclass "
+            "AND attname = 'embedding_next' AND NOT attisdropped",
+        )
+        == 0
+    )
+
+
+async def scalar_ids(pipeline: Pipeline) -> list[uuid.UUID]:
+    async with pipeline.engine.connect() as conn:
+        return list((await conn.execute(text("SELECT id FROM messages ORDER BY id"))).scalars())

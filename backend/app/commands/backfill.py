@@ -31,7 +31,6 @@ from app.services.backfill_service import (
 )
 from app.services.embedding_jobs import embed_rows
 from app.services.embedding_service import EmbeddingService
-from app.services.embedding_spaces import active_of, load_spaces
 from app.services.embeddings import ProviderSpec, build_provider
 from app.services.entities import ENTITIES, Entity
 
@@ -103,13 +102,13 @@ async def backfill_command(args: BackfillArgs, settings: Settings, console: Cons
                 session, uuid.UUID(args.provider) if args.provider else None, settings
             )
             await provider_service.check_fits_column(session, spec)
-            # --stale: rows whose vector is not the active space's model
-            active = active_of(await load_spaces(session), "messages")
         plan = BackfillPlan(
             entities=_entities(args),
             page_size=args.page_size,
             limit=args.limit,
-            model=active.model if args.stale else None,
+            # --stale: rows another model made than the one that embeds now (the worker's
+            # claim takes them: it embeds rows whose model is not its space's provider's)
+            model=spec.model if args.stale else None,
             retry_failed=args.retry_failed,
             max_attempts=settings.embedding_max_attempts,
         )

@@ -148,6 +148,11 @@ async def publish(
 _book = SpaceBook()
 
 
+def forget_spaces() -> None:
+    """Read the spaces again on the next publish (this process just changed them)."""
+    _book.version = None
+
+
 async def writable_slots(engine: AsyncEngine, entity: Entity) -> list[Entity]:
     """The slots of the spaces rows are embedded for (cached; see SpaceBook)."""
     async with engine.connect() as conn:

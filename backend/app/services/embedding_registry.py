@@ -39,16 +39,20 @@ class EmbeddingRegistry:
         self.settings = settings
         self.book = SpaceBook(ttl=settings.config_check_seconds)
         self._entries: dict[str, ServiceEntry] = {}
+        self._entries_version: int | None = None  # the config version the entries were built at
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
 
     async def sync(self, session: AsyncSession) -> None:
         """Drop every cached service when the config version moved."""
-        if await self.book.refresh(session):
-            async with self._lock:
-                stale, self._entries = list(self._entries.values()), {}
-            for entry in stale:
-                self._close_later(entry)
+        await self.book.refresh(session)
+        if self.book.version == self._entries_version:
+            return
+        async with self._lock:
+            stale, self._entries = list(self._entries.values()), {}
+            self._entries_version = self.book.version
+        for entry in stale:
+            self._close_later(entry)
 
     async def get(
         self, session: AsyncSession, provider_id: uuid.UUID | None = None

@@ -9,7 +9,6 @@ for a space seeded from them), refused when its model or dimension no longer mat
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -126,21 +125,22 @@ class SpaceBook:
         self.version: int | None = None
         self._spaces: list[Space] = []
         self._checked = 0.0
-        self._lock = asyncio.Lock()
 
     async def refresh(self, conn: Executes, *, force: bool = False) -> bool:
-        """Look at the version (at most every ttl seconds); True when it changed."""
-        async with self._lock:
-            now = time.monotonic()
-            if not force and self.version is not None and now - self._checked < self.ttl:
-                return False
-            version = await config_version(conn)
-            self._checked = now
-            if version == self.version and not force:
-                return False
-            self._spaces = await load_spaces(conn)
-            changed, self.version = self.version != version, version
-            return changed
+        """Look at the version (at most every ttl seconds); True when it changed.
+
+        No lock: two callers at once both read, and the last one's answer stays (a lock made
+        at import would belong to the first event loop that waited on it)."""
+        now = time.monotonic()
+        if not force and self.version is not None and now - self._checked < self.ttl:
+            return False
+        version = await config_version(conn)
+        self._checked = now
+        if version == self.version and not force:
+            return False
+        self._spaces = await load_spaces(conn)
+        changed, self.version = self.version != version, version
+        return changed
 
     async def spaces(self, conn: Executes) -> list[Space]:
         await self.refresh(conn)
@@ -168,6 +168,9 @@ def spec_for_space(
     """What makes this space's vectors: its provider row, or the settings' provider."""
     from app.services.provider_service import spec_from_row
 
+    fits = (from_settings.model, from_settings.dimensions) == (space.model, space.dimensions)
+    if space.provider_id is not None and (row is None or not row.is_active) and fits:
+        return from_settings  # its provider was deactivated: the settings' one, same model
     if space.provider_id is not None:
         if row is None or not row.is_active:
             raise ConfigurationError(

@@ -14,10 +14,18 @@ from app.core.config import Settings
 from app.indexes.progress import PlainReporter
 from app.schemas.embeddings import CutoverRequest, SpaceOut, SwitchRequest, SwitchResponse
 from app.services import embedding_switch, embedding_switch_runner
+from app.services.embedding_queue import forget_spaces
 from app.tasks.embedding_tasks import enqueuer
 
 router = APIRouter(prefix="/embeddings", tags=["embedding spaces"], responses=AUTH_RESPONSES)
 logger = logging.getLogger(__name__)
+
+
+async def _changed(state: StateDep) -> list[SpaceOut]:
+    """This process reads the spaces it just changed at once (others within seconds)."""
+    forget_spaces()
+    await state.registry.forget(None)
+    return await _spaces(state.engine, state.settings)
 
 
 async def _spaces(engine: AsyncEngine, settings: Settings) -> list[SpaceOut]:
@@ -50,7 +58,7 @@ async def switch(body: SwitchRequest, state: StateDep) -> SwitchResponse:
     message = f"switch to {spaces[0].describe()}: queued " + ", ".join(
         f"{name} {count}" for name, count in queued.items()
     )
-    return SwitchResponse(message=message, spaces=await _spaces(state.engine, state.settings))
+    return SwitchResponse(message=message, spaces=await _changed(state))
 
 
 @router.post("/cutover", summary="Make the target the active space", dependencies=[AdminAccess])
@@ -65,7 +73,7 @@ async def cutover(body: CutoverRequest, state: StateDep) -> SwitchResponse:
     active = next(s for s in spaces if s.state == "active")
     return SwitchResponse(
         message=f"cut over: {active.describe()} is active",
-        spaces=await _spaces(state.engine, state.settings),
+        spaces=await _changed(state),
     )
 
 
@@ -73,11 +81,11 @@ async def cutover(body: CutoverRequest, state: StateDep) -> SwitchResponse:
 async def rollback(state: StateDep) -> SwitchResponse:
     """After a cutover: the previous space active again. Before one: the switch abandoned."""
     message = await embedding_switch.rollback(state.engine)
-    return SwitchResponse(message=message, spaces=await _spaces(state.engine, state.settings))
+    return SwitchResponse(message=message, spaces=await _changed(state))
 
 
 @router.post("/finish", summary="Drop the previous space", dependencies=[AdminAccess])
 async def finish(state: StateDep) -> SwitchResponse:
     """Drop the previous space's column and index: the switch is over."""
     message = await embedding_switch.finish(state.engine)
-    return SwitchResponse(message=message, spaces=await _spaces(state.engine, state.settings))
+    return SwitchResponse(message=message, spaces=await _changed(state))
