@@ -31,7 +31,8 @@ test *ARGS:
 lint:
     uv run ruff check
     uv run ruff format --check
-    uv run mypy backend/app
+    uv run mypy backend/app bench testkit
+    uv run lint-imports
 
 # Benchmarks (writes docs/BENCHMARKS.md)
 bench *ARGS:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from tests.services import NatsProcess, PostgresForTests, start_postgres
+from app import db
+from testkit.launchers import NatsProcess, PostgresForTests, start_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _TMP = Path(tempfile.mkdtemp(prefix="tasktracker-tests-"))
@@ -50,15 +50,7 @@ def alembic(
     url: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `alembic` command against `url` from the repo root."""
-    full_env = {**os.environ, "DATABASE_URL": url, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=REPO_ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return db.alembic(url, *args, env=env, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from testkit.vectors import centers_sql, near_center_sql
+
 
 async def insert_messages_sql(
     conn: AsyncConnection | AsyncSession,
@@ -32,18 +34,13 @@ async def embed_randomly_sql(
     await conn.execute(
         text(
             f"""
-            WITH centers AS (
-                SELECT c, array_agg(random() - 0.5) AS v
-                FROM generate_series(0, :clusters - 1) c, generate_series(1, :dims) d GROUP BY c
-            ), rows AS (
+            WITH centers AS ({centers_sql(clusters, dims)}), rows AS (
                 SELECT id, row_number() OVER (ORDER BY id) % :clusters AS c FROM {table}
             )
-            UPDATE {table} t SET embedding = (
-                SELECT array_agg(cv + (random() - 0.5) * 0.3 + (0 * length(t.id::text)))::vector
-                FROM unnest(centers.v) cv
-            ), embedding_content_hash = t.content_hash, embedding_model = 'random'
+            UPDATE {table} t SET embedding = {near_center_sql(0.3, "length(t.id::text)")},
+            embedding_content_hash = t.content_hash, embedding_model = 'random'
             FROM rows JOIN centers ON centers.c = rows.c WHERE rows.id = t.id
             """
         ),
-        {"clusters": clusters, "dims": dims},
+        {"clusters": clusters},
     )

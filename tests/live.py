@@ -12,12 +12,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import token_service
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all
 from app.models.api_token import TokenScope
-from app.services import token_service
+from testkit.launchers import WorkerProcess
 from tests.integration.conftest import Pipeline
-from tests.services import WorkerProcess
 
 
 @dataclass

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from app.core.config import Settings, get_settings
-from app.core.endpoints import database_url
+from app.core.endpoints import ensure_database_url
 from app.core.errors import ConfigurationError
 from app.core.urls import redact_url
 
@@ -69,7 +73,7 @@ def create_engine(
         **given,
         "server_settings": {**searching, **given.get("server_settings", {})},
     }
-    engine = create_async_engine(url or database_url(settings), **options)
+    engine = create_async_engine(url or ensure_database_url(settings), **options)
     event.listen(engine.sync_engine, "connect", _on_connect(options["connect_args"]))
     return engine
 
@@ -206,3 +210,35 @@ def is_transient_db_error(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where pyproject.toml holds [tool.alembic]
+
+
+def alembic_argv(*args: str) -> list[str]:
+    """The command line of `alembic ARGS` in this environment (for a child process)."""
+    return [sys.executable, "-m", "alembic", *args]
+
+
+def alembic(
+    url: str, *args: str, env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`alembic ARGS` as users run it: a child process, from the project root, on `url`."""
+    root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else None
+    return subprocess.run(
+        alembic_argv(*args),
+        cwd=root,
+        env={**os.environ, **(env or {}), "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def migrate(url: str, *, env: Mapping[str, str] | None = None) -> None:
+    """`alembic upgrade head` on `url`; a failure raises with alembic's last line."""
+    result = alembic(url, "upgrade", "head", env=env)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["alembic failed"])[-1]
+        raise ConfigurationError(f"migrations failed: {last}")

@@ -6,20 +6,26 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.routing import Route
 
-from app.api.auth import LoopbackHostOnly, is_loopback
+from app.api import health
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.v1.router import api_router
+from app.api.state import AppState
+from app.auth.dependencies import LoopbackHostOnly, is_loopback
 from app.console.routes import console_routes
 from app.core.config import Settings, get_settings
 from app.core.errors import ConfigurationError
 from app.core.log import configure_logging
+from app.embedding import provider_routes, space_routes
+from app.embedding import routes as embedding_routes
+from app.knowledge import routes as knowledge_routes
+from app.messages import routes as message_routes
 from app.observability.http import HttpMetrics
 from app.observability.routes import metrics_endpoint
 from app.schemas.errors import error_responses
+from app.search import routes as search_routes
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +54,6 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from app.api.state import AppState
-
         state = AppState(settings)
         await state.open()
         app.state.tt = state
@@ -69,9 +73,18 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
     app.add_middleware(HttpMetrics)
     if not settings.auth_enabled:
         app.add_middleware(LoopbackHostOnly)  # outermost: refused before anything else runs
-    app.include_router(
-        api_router, prefix="/api/v1", responses=error_responses(404, 409, 413, 422, 502, 503)
-    )
+    v1 = APIRouter(prefix="/api/v1", responses=error_responses(404, 409, 413, 422, 502, 503))
+    for module in (
+        health,
+        search_routes,
+        embedding_routes,
+        space_routes,
+        message_routes,
+        provider_routes,
+        knowledge_routes,
+    ):
+        v1.include_router(module.router)
+    app.include_router(v1)
     # Plain Starlette routes: not API operations, so not in the OpenAPI schema.
     app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app.router.routes.extend(console_routes())

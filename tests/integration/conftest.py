@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
-from app.services.embedding_queue import PendingFilter, pending_pages, publish
-from app.services.entities import Entity
-from app.tasks.broker import build_broker
-from app.tasks.embedding_tasks import enqueuer
-from tests.services import WorkerProcess
-from tests.stubs.openai_stub import OpenAIStub
+from app.embedding.entities import Entity
+from app.embedding.queue import PendingFilter, pending_pages, publish
+from app.embedding.tasks import enqueuer
+from testkit.launchers import WorkerProcess
+from testkit.stubs.openai_stub import OpenAIStub
 
 DIMS = 384
 

@@ -12,14 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.api.state import AppState
-from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
-from app.main import create_app
+from app.embedding.entities import MESSAGES
+from app.embedding.jobs import embed_rows
+from app.embedding.registry import EmbeddingRegistry
 from app.models.api_token import TokenScope
-from app.services import token_service
-from app.services.embedding_jobs import embed_rows
-from app.services.entities import MESSAGES
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
+from tests.apps import app_with_state, mint_token, stub_settings
 
 KEY = "sk-api-test-secret-123456"
 
@@ -47,24 +46,10 @@ async def open_api(
 ) -> AsyncIterator[ApiFixture]:
     """The app over ASGITransport with its state set by hand (no broker: reads and limits only;
     tests/integration/test_api_through_the_broker.py drives the write path through the lifespan)."""
-    settings = Settings(
-        database_url=url,
-        nats_url=nats_url,
-        nats_stream=f"api{uuid.uuid4().hex[:8]}",
-        embedding_provider="openai",
-        embedding_model="text-embedding-3-small",
-        embedding_base_url=stub.base_url,
-        embedding_api_key=KEY,  # type: ignore[arg-type]
-        embedding_dimensions=384,
-        **extra,  # type: ignore[arg-type]
-    )
-    app = create_app(settings)
+    settings = stub_settings(url, stub, nats_url, key=KEY, stream="api", **extra)
+    app, state = app_with_state(settings)
     engine = create_async_engine(to_asyncpg_url(url))
-    state = AppState(settings)
-    app.state.tt = state  # the lifespan's job, done here so the test owns it
-    async with state.sessions() as session:
-        token, _ = await token_service.create_token(session, TokenScope.admin, "test_api")
-        await session.commit()
+    token = await mint_token(state, TokenScope.admin, "test_api")
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
@@ -80,11 +65,15 @@ async def open_api(
 async def embed_all(state: AppState, engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         ids = list((await conn.execute(text("SELECT id FROM messages"))).scalars())
-    async with state.sessions() as session:
-        entry = await state.registry.get(session)
-    await embed_rows(
-        state.engine, MESSAGES, ids, entry.service, model=entry.spec.model, max_attempts=3
-    )
+    registry = EmbeddingRegistry(state.settings)
+    try:
+        async with state.sessions() as session:
+            entry = await registry.get(session)
+        await embed_rows(
+            state.engine, MESSAGES, ids, entry.service, model=entry.spec.model, max_attempts=3
+        )
+    finally:
+        await registry.aclose()
 
 
 async def test_ingest_search_and_status(

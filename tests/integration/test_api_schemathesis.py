@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,13 +27,13 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from app.core.config import Settings
+from app.auth import token_service
 from app.core.embedded import free_port
 from app.core.urls import to_asyncpg_url
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
+from tests.apps import stub_settings
 
 pytestmark = pytest.mark.slow
 
@@ -135,21 +134,17 @@ def live_api(make_db: Callable[[], str], nats_url: str) -> Iterator[tuple[str, d
     LIVE_DB.append(url)
     headers = {"Authorization": f"Bearer {admin_token(url)}"}
     with OpenAIStub(dims=384, api_key="k") as stub:
-        app = create_app(
-            Settings(
-                database_url=url,
-                nats_url=nats_url,
-                nats_stream=f"st{uuid.uuid4().hex[:8]}",
-                embedding_provider="openai",
-                embedding_model="text-embedding-3-small",
-                embedding_base_url=stub.base_url,
-                embedding_api_key="k",  # type: ignore[arg-type]
-                embedding_dimensions=384,
-                # Providers the fuzzer stores point anywhere: fail fast, never wait on retries.
-                embedding_max_retries=0,
-                embedding_timeout_seconds=2.0,
-            )
+        # Providers the fuzzer stores point anywhere: fail fast, never wait on retries.
+        settings = stub_settings(
+            url,
+            stub,
+            nats_url,
+            key="k",
+            stream="st",
+            embedding_max_retries=0,
+            embedding_timeout_seconds=2.0,
         )
+        app = create_app(settings)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
         thread = threading.Thread(target=server.run, daemon=True)

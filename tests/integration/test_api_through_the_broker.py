@@ -21,13 +21,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.auth import token_service
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all
 from app.core.urls import to_asyncpg_url
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.services import WorkerProcess
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.launchers import WorkerProcess
+from testkit.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.slow
 KEY = "sk-stack-test-secret-123456"

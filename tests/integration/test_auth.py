@@ -20,7 +20,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import text
 
 from app.api.state import AppState
-from app.commands.tokens import SCOPES
+from app.auth import token_service
+from app.cli.token import SCOPES
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.errors import ConfigurationError
@@ -28,8 +29,8 @@ from app.core.log import RedactSecrets
 from app.core.supervisor import api_child, stop_all
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
+from tests.apps import app_with_state, mint_token, stub_settings
 
 KEY = "sk-auth-test-secret-123456"
 REPO = Path(__file__).resolve().parents[2]
@@ -42,10 +43,7 @@ class Api:
     state: AppState
 
     async def token(self, scope: TokenScope) -> str:
-        async with self.state.sessions() as session:
-            token, _ = await token_service.create_token(session, scope, f"test {scope}")
-            await session.commit()
-        return token
+        return await mint_token(self.state, scope, f"test {scope}")
 
     async def call(self, method: str, path: str, token: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -60,23 +58,11 @@ def stub() -> Iterator[OpenAIStub]:
 
 
 def settings_for(url: str, stub: OpenAIStub, nats_url: str, **extra: object) -> Settings:
-    return Settings(
-        database_url=url,
-        nats_url=nats_url,
-        nats_stream=f"auth{uuid.uuid4().hex[:8]}",
-        embedding_provider="openai",
-        embedding_model="text-embedding-3-small",
-        embedding_base_url=stub.base_url,
-        embedding_api_key=KEY,  # type: ignore[arg-type]
-        embedding_dimensions=384,
-        **extra,  # type: ignore[arg-type]
-    )
+    return stub_settings(url, stub, nats_url, key=KEY, stream="auth", **extra)
 
 
 async def open_api(settings: Settings, base_url: str = "http://test") -> Api:
-    app = create_app(settings)
-    state = AppState(settings)
-    app.state.tt = state  # the lifespan's job, done here so the test owns it
+    app, state = app_with_state(settings)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
     return Api(app, client, state)
 

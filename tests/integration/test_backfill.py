@@ -196,7 +196,7 @@ async def _provider(pipeline: Pipeline, name: str, model: str, *, active: bool =
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.core.enums import ProviderType
-    from app.services import provider_service
+    from app.embedding import provider_service
 
     async with AsyncSession(pipeline.engine, expire_on_commit=False) as session:
         row = await provider_service.create_provider(

@@ -10,7 +10,7 @@ import asyncpg
 import nats
 import pytest
 
-from app.bench.api import Plan, Provider, Queries, config, load_messages, measure, render, targets
+from bench.api import Plan, Provider, Queries, config, load_messages, measure, render, targets
 
 PLAN = Plan(rows=300, levels=(1, 4), rounds=2, seconds=0.6, warmup=0.2, clusters=5)
 STUB_384 = Provider("stub", "stub", 384, cached_variant=True)  # the test template is 384-d

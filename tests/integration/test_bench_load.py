@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from app.bench import faults, load
-from app.bench.api import load_messages
+from bench import faults, load
+from bench.api import load_messages
 
 LOAD = load.LoadPlan(
     seconds=6.0, warmup=1.0, clients=8, rows=200, clusters=5, memory_window=2.0, drain_timeout=40.0

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from app.bench import search
 from app.core.config import Settings
-from tests.services import PostgresForTests
+from bench import search
+from testkit.launchers import PostgresForTests
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from app.auth import token_service
+from app.db import alembic_argv
+from app.embedding.entities import MESSAGES
 from app.models.api_token import TokenScope
-from app.schemas.search import MessageSearchRequest
-from app.services import token_service
-from app.services.entities import MESSAGES
+from app.search.schemas import MessageSearchRequest
 from tests.integration.conftest import Pipeline, insert_messages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "app.cli._console", *args],
         cwd=REPO,
         env={
             **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
@@ -53,7 +54,7 @@ def our_servers(data_dir: Path) -> list[psutil.Process]:
 def test_status_on_the_embedded_server_and_processes_share_it(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path / "data")}
     migrate = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        alembic_argv("upgrade", "head"),
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
@@ -62,14 +63,14 @@ def test_status_on_the_embedded_server_and_processes_share_it(tmp_path: Path) ->
     assert migrate.returncode == 0, migrate.stderr
     # Two processes at once: one server over the folder, both succeed.
     first = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "status", "--json"],
+        [sys.executable, "-m", "app.cli._console", "status", "--json"],
         cwd=REPO,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         text=True,
     )
     second = subprocess.Popen(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        alembic_argv("upgrade", "head"),
         cwd=REPO,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
@@ -110,8 +111,8 @@ def test_bad_database_url_is_one_clear_line(url: str, says: str, tmp_path: Path)
 def test_worker_refuses_a_provider_that_does_not_fit_the_column(
     postgres: object, tmp_path: Path
 ) -> None:
+    from testkit.launchers import PostgresForTests
     from tests.conftest import alembic
-    from tests.services import PostgresForTests
 
     assert isinstance(postgres, PostgresForTests)
     postgres.create_database("tt_dims_1536")
@@ -201,7 +202,7 @@ def test_demo_json_reports_the_measured_cure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "code", "says"),
     [
-        (["--provider", "bogus"], {}, 2, "--provider must be local, openai or ollama, not 'bogus'"),
+        (["--provider", "bogus"], {}, 2, "--provider must be openai, ollama or local, not 'bogus'"),
         (["--provider", "openai"], {}, 1, "--provider openai needs EMBEDDING_API_KEY"),
         (
             ["--provider", "ollama"],
@@ -223,7 +224,7 @@ def test_demo_refuses_a_provider_it_cannot_use_before_starting_anything(
 
 
 def _databases(postgres: object) -> set[str]:
-    from tests.services import PostgresForTests
+    from testkit.launchers import PostgresForTests
 
     assert isinstance(postgres, PostgresForTests)
     return set(postgres.psql("SELECT datname FROM pg_database").split())
@@ -254,8 +255,8 @@ def test_demo_keep_and_scale_then_serve_replaces_and_drops_its_database(
     processes and drops the database."""
     import httpx
 
-    from tests.services import PostgresForTests
-    from tests.stubs.openai_stub import OpenAIStub
+    from testkit.launchers import PostgresForTests
+    from testkit.stubs.openai_stub import OpenAIStub
 
     assert isinstance(postgres, PostgresForTests)
     with OpenAIStub(dims=384, api_key="demo-key") as stub:
@@ -280,7 +281,15 @@ def test_demo_keep_and_scale_then_serve_replaces_and_drops_its_database(
             log = tmp_path / "serve.log"
             with open(log, "wb") as out:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "demo", "--provider", "openai", "--serve"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.cli._console",
+                        "demo",
+                        "--provider",
+                        "openai",
+                        "--serve",
+                    ],
                     cwd=REPO,
                     env={**_clean_environ(), **env, "COLUMNS": "400"},
                     stdout=out,
@@ -410,7 +419,7 @@ async def test_services_runs_worker_and_api_reports_them_and_stops_on_sigterm(
 
     from app.core.embedded import free_port
     from app.core.urls import to_asyncpg_url
-    from tests.stubs.openai_stub import OpenAIStub
+    from testkit.stubs.openai_stub import OpenAIStub
 
     assert callable(make_db)
     db_url, port = make_db(), free_port()
@@ -430,7 +439,7 @@ async def test_services_runs_worker_and_api_reports_them_and_stops_on_sigterm(
         assert before["postgres"][1] == "external" and before["nats"] == (nats_url, "external")
         clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "services", "--port", str(port)],
+            [sys.executable, "-m", "app.cli._console", "services", "--port", str(port)],
             cwd=REPO,
             env={**clean, **env},
             stdout=subprocess.PIPE,

@@ -21,12 +21,12 @@ import pytest
 from sqlalchemy import text
 
 from app.api.state import AppState
+from app.auth import token_service
 from app.core.config import Settings
 from app.core.urls import to_libpq_url
-from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
+from tests.apps import app_with_state, mint_token, stub_settings
 
 KEY = "sk-console-test-secret-123456"
 
@@ -37,10 +37,7 @@ class Console:
     state: AppState
 
     async def token(self, scope: TokenScope) -> str:
-        async with self.state.sessions() as session:
-            token, _ = await token_service.create_token(session, scope, f"console {scope}")
-            await session.commit()
-        return token
+        return await mint_token(self.state, scope, f"console {scope}")
 
     async def login_form(self) -> tuple[str, str]:
         """(the form's CSRF value, the CSRF cookie) of a fresh sign-in page."""
@@ -78,23 +75,11 @@ def stub() -> Iterator[OpenAIStub]:
 
 
 def console_settings(url: str, stub: OpenAIStub, nats_url: str, **extra: object) -> Settings:
-    return Settings(
-        database_url=url,
-        nats_url=nats_url,
-        nats_stream=f"console{uuid.uuid4().hex[:8]}",
-        embedding_provider="openai",
-        embedding_model="text-embedding-3-small",
-        embedding_base_url=stub.base_url,
-        embedding_api_key=KEY,  # type: ignore[arg-type]
-        embedding_dimensions=384,
-        **extra,  # type: ignore[arg-type]
-    )
+    return stub_settings(url, stub, nats_url, key=KEY, stream="console", **extra)
 
 
 async def open_console(settings: Settings) -> Console:
-    app = create_app(settings)
-    state = AppState(settings)
-    app.state.tt = state  # the lifespan's job, done here so the test owns it
+    app, state = app_with_state(settings)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
     return Console(client, state)
 

@@ -19,15 +19,15 @@ import psutil
 import pytest
 
 from app.core.embedded import free_port
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.slow
 
 JOIN = """
 import sys
 from app.core import endpoints
-endpoints.database_url()
-endpoints.nats_url()
+endpoints.ensure_database_url()
+endpoints.ensure_nats_url()
 print("joined", flush=True)
 sys.stdin.readline()
 endpoints.release()

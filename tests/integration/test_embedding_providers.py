@@ -14,10 +14,10 @@ import pytest
 from app.core.enums import ProviderType
 from app.core.errors import DimensionMismatchError, EmbeddingProviderError, ValidationError
 from app.core.netpolicy import NetworkPolicy
-from app.services.embedding_service import EmbeddingService
-from app.services.embeddings import ProviderSpec, build_provider
-from tests.stubs.ollama_stub import OllamaStub
-from tests.stubs.openai_stub import OpenAIStub
+from app.embedding.embedding_service import EmbeddingService
+from app.embedding.providers import ProviderSpec, build_provider
+from testkit.stubs.ollama_stub import OllamaStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 DIMS = 64
 KEY = "sk-test-0123456789abcdef"
@@ -265,7 +265,7 @@ async def test_query_vectors_are_cached(stub: OpenAIStub) -> None:
 
 
 async def test_a_stub_process_is_driven_over_http() -> None:
-    command = [sys.executable, "-m", "tests.stubs.openai_stub", "--port", "0", "--dims", "32"]
+    command = [sys.executable, "-m", "testkit.stubs.openai_stub", "--port", "0", "--dims", "32"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

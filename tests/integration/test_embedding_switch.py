@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from app.auth import token_service
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all
 from app.db import session_factory
+from app.embedding.entities import ATOMS, MESSAGES
 from app.models.api_token import TokenScope
-from app.services import token_service
-from app.services.entities import ATOMS, MESSAGES
 from tests.integration.conftest import Pipeline, insert_atoms, insert_messages
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ async def cli(pipeline: Pipeline, *args: str, timeout: float = 600) -> tuple[int
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app.cli",
+        "app.cli._console",
         "embeddings",
         *args,
         env={**os.environ, **pipeline.env},
@@ -284,7 +284,7 @@ async def test_killed_worker_and_command_resume_without_embedding_twice(
     command = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app.cli",
+        "app.cli._console",
         "embeddings",
         "switch",
         "--provider",

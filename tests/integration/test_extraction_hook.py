@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from app.broker import build_broker
 from app.core.config import Settings
-from app.services.knowledge.extraction_service import extract_and_save
-from app.services.knowledge.offline_extractor import OfflineExtractor
-from app.tasks.broker import build_broker
-from app.tasks.knowledge_tasks import queue_embeddings
+from app.knowledge.extraction_service import extract_and_save
+from app.knowledge.offline_extractor import OfflineExtractor
+from app.knowledge.tasks import queue_embeddings
+from testkit.stubs.chat_stub import ChatStub
 from tests.integration.conftest import Pipeline, insert_messages
-from tests.stubs.chat_stub import ChatStub
 
 pytestmark = pytest.mark.slow
 
@@ -164,8 +164,8 @@ async def test_broker_down_during_the_hook_extraction_succeeds_and_the_sweeper_h
 async def test_always_invalid_llm_answers_fail_clearly_and_save_nothing(pipeline: Pipeline) -> None:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.services.knowledge.base import ExtractionError
-    from app.services.knowledge.llm_extractor import LLMExtractor
+    from app.knowledge.base import ExtractionError
+    from app.knowledge.llm_extractor import LLMExtractor
 
     await insert_messages(pipeline.engine, 5)
     ids = [uuid.UUID(i) for i in await message_ids(pipeline)]
@@ -189,7 +189,7 @@ async def test_always_invalid_llm_answers_fail_clearly_and_save_nothing(pipeline
 async def test_invalid_then_valid_llm_answer_succeeds_after_a_retry(pipeline: Pipeline) -> None:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.services.knowledge.llm_extractor import LLMExtractor
+    from app.knowledge.llm_extractor import LLMExtractor
 
     await insert_messages(pipeline.engine, 4)
     ids = [uuid.UUID(i) for i in await message_ids(pipeline)]

@@ -24,19 +24,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.api.state import AppState
-from app.bench.faults import LocalPostgres
+from app.auth import token_service
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
+from app.embedding.entities import MESSAGES
+from app.embedding.tasks import embed_messages_batch_task
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from app.services.entities import MESSAGES
-from app.tasks.broker import build_broker
-from app.tasks.embedding_tasks import embed_messages_batch_task
+from bench.faults import LocalPostgres
+from testkit.launchers import NatsProcess
+from testkit.stubs.openai_stub import OpenAIStub
 from tests.conftest import alembic
 from tests.integration.conftest import DIMS, Pipeline, insert_messages
-from tests.services import NatsProcess
-from tests.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.slow
 

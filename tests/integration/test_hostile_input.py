@@ -27,8 +27,8 @@ from app.core.config import Settings
 from app.core.embedded import free_port
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
+from tests.apps import app_with_state, mint_token, stub_settings
 
 KEY = "sk-hostile-test-secret-123456"
 MIB = 1024 * 1024
@@ -42,10 +42,7 @@ class Api:
     state: AppState
 
     async def token(self, scope: TokenScope = TokenScope.admin) -> str:
-        async with self.state.sessions() as session:
-            token, _ = await token_service.create_token(session, scope, f"hostile {scope}")
-            await session.commit()
-        return token
+        return await mint_token(self.state, scope, f"hostile {scope}")
 
     async def rows(self, table: str = "messages") -> int:
         async with self.state.engine.connect() as conn:
@@ -63,17 +60,7 @@ def settings_for(
     make_db: Callable[[], str], stub: OpenAIStub, nats_url: str
 ) -> Callable[..., Settings]:
     def make(**extra: Any) -> Settings:
-        return Settings(
-            database_url=make_db(),
-            nats_url=nats_url,
-            nats_stream=f"hostile{uuid.uuid4().hex[:8]}",
-            embedding_provider="openai",
-            embedding_model="text-embedding-3-small",
-            embedding_base_url=stub.base_url,
-            embedding_api_key=KEY,  # type: ignore[arg-type]
-            embedding_dimensions=384,
-            **extra,
-        )
+        return stub_settings(make_db(), stub, nats_url, key=KEY, stream="hostile", **extra)
 
     return make
 
@@ -82,9 +69,7 @@ def settings_for(
 async def open_api(
     settings: Settings, *, client: tuple[str, int] = ("127.0.0.1", 123)
 ) -> AsyncIterator[Api]:
-    app = create_app(settings)
-    state = AppState(settings)
-    app.state.tt = state  # the lifespan's job, done here so the test owns it
+    app, state = app_with_state(settings)
     transport = httpx.ASGITransport(app=app, client=client)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         opened = Api(app, http, state)

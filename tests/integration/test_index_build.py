@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url, to_libpq_url
-from app.db import create_engine, migration_engine
+from app.db import alembic_argv, create_engine, migration_engine
 from tests.conftest import alembic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +70,7 @@ async def index_valid(url: str, name: str) -> bool | None:
 def start_upgrade(url: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """`alembic upgrade head` in the background, stderr captured."""
     return subprocess.Popen(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        alembic_argv("upgrade", "head"),
         cwd=REPO,
         env={**os.environ, "DATABASE_URL": url, **env},
         stdout=subprocess.DEVNULL,

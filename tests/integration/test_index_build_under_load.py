@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.bench.index_build import build_under_load, prepare_table
+from bench.index_build import build_under_load, prepare_table
 
 
 async def test_writers_are_not_blocked_by_a_concurrent_build(make_db: Callable[[], str]) -> None:

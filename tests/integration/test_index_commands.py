@@ -89,4 +89,4 @@ def test_rebuild_names_the_choices_for_an_unknown_entity(tmp_path: Path) -> None
     result = cli("index", "rebuild", "--entity", "topics", env={"DATA_DIR": str(tmp_path)})
 
     assert result.returncode == 2
-    assert "--entity must be messages, atoms, all" in result.stderr
+    assert "--entity must be messages, atoms or all" in result.stderr

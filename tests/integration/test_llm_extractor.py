@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from app.core.enums import AtomType
-from app.schemas.knowledge import SourceMessage, extraction_json_schema
-from app.services.knowledge.base import ExtractionError, Extractor
-from app.services.knowledge.llm_extractor import LLMExtractor
-from tests.stubs.chat_stub import ChatStub, HTTPError
+from app.knowledge.base import ExtractionError, Extractor
+from app.knowledge.llm_extractor import LLMExtractor
+from app.knowledge.schemas import SourceMessage, extraction_json_schema
+from testkit.stubs.chat_stub import ChatStub, HTTPError
 
 API_KEY = "sk-test-very-secret-key-123"
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from app.core.enums import ProviderType
-from app.services.embedding_service import EmbeddingService
-from app.services.embeddings import Kind, ProviderSpec, build_provider
+from app.embedding.embedding_service import EmbeddingService
+from app.embedding.providers import Kind, ProviderSpec, build_provider
 
 ENGLISH_AUTH = [
     "Users cannot sign in: authentication fails with 401 after the last release",

@@ -7,8 +7,8 @@ import hashlib
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from testkit.launchers import PostgresForTests
 from tests.conftest import REPO_ROOT, alembic
-from tests.services import PostgresForTests
 
 
 async def test_schema_has_tables_extension_and_vector_columns(session: AsyncSession) -> None:

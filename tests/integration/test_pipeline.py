@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from app.services.embedding_queue import PendingFilter, pending_pages, publish
-from app.services.entities import ATOMS, MESSAGES
-from app.tasks.broker import build_broker
-from app.tasks.embedding_tasks import enqueuer
+from app.broker import build_broker
+from app.embedding.entities import ATOMS, MESSAGES
+from app.embedding.queue import PendingFilter, pending_pages, publish
+from app.embedding.tasks import enqueuer
+from testkit.launchers import NatsProcess
 from tests.integration.conftest import Pipeline, insert_atoms, insert_messages
-from tests.services import NatsProcess
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import text
 
 from app.api.state import AppState
+from app.auth import token_service
 from app.core.config import Settings
 from app.core.security import encrypt_secret
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
-from tests.stubs.openai_stub import OpenAIStub
+from testkit.stubs.openai_stub import OpenAIStub
 
 KEY = "sk-policy-test-secret-123456"
 NEW_KEY = "sk-policy-new-secret-654321"

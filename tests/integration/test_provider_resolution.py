@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.core.enums import ProviderType
 from app.core.errors import ConflictError, NotFoundError, ValidationError
-from app.services import provider_service
+from app.embedding import provider_service
 
 SETTINGS = Settings(
     embedding_provider="openai",

@@ -18,16 +18,16 @@ from pgvector.asyncpg import register_vector
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.api.state import AppState
+from app.auth import token_service
 from app.core.config import Settings
 from app.core.embedded import EmbeddedPostgres
 from app.core.urls import to_asyncpg_url, to_libpq_url
 from app.main import create_app
 from app.models.api_token import TokenScope
-from app.services import token_service
+from testkit.launchers import HotStandby
+from testkit.stubs.openai_stub import OpenAIStub
 from tests.conftest import alembic
 from tests.factories import embed_randomly_sql, insert_messages_sql
-from tests.services import HotStandby
-from tests.stubs.openai_stub import OpenAIStub
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("DATABASE_URL")), reason="needs a local embedded primary to copy"

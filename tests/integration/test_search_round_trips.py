@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
 from app.db import create_engine, session_factory
-from app.services import semantic_search_service as search
-from app.services.entities import MESSAGES
+from app.embedding.entities import MESSAGES
+from app.search import semantic_search_service as search
 from tests.factories import embed_randomly_sql, insert_messages_sql
 
 DIMS = 384  # the test database's column

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.broker import build_broker
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
-from app.services.embedding_queue import sweep
-from app.services.entities import ATOMS, MESSAGES
-from app.tasks.broker import build_broker
-from app.tasks.embedding_tasks import enqueuer
+from app.embedding.entities import ATOMS, MESSAGES
+from app.embedding.queue import sweep
+from app.embedding.tasks import enqueuer
 from tests.integration.conftest import Pipeline, insert_messages
 
 # name -> (minutes since the last edit, minutes since it was queued or None, attempts)

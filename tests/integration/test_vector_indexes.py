@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.embedded import psql_binary
 from app.core.urls import to_libpq_url
-from app.core.vector_indexes import VECTOR_INDEXES
 from app.db import create_engine, session_factory
-from app.services import semantic_search_service as search
-from app.services.entities import MESSAGES
+from app.embedding.entities import MESSAGES
+from app.indexes.catalog import VECTOR_INDEXES
+from app.search import semantic_search_service as search
 from tests.conftest import alembic
 from tests.factories import embed_randomly_sql, insert_messages_sql
 

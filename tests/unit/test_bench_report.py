@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.bench import pipeline_suite, suite
+from bench import pipeline_suite, suite
 
 MACHINE = {
     "cores": 2,

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from app.api.auth import LOOPBACK_HOSTS, host_name
+from app.auth.dependencies import LOOPBACK_HOSTS, host_name
 from app.core.netpolicy import HostRefused, NetworkPolicy
-from app.services.provider_service import _origin
+from app.embedding.provider_service import _origin
 
 STRICT = NetworkPolicy()
 OPEN = NetworkPolicy.parse(["0.0.0.0/0", "::/0", "169.254.169.254", "metadata.internal"])

@@ -6,9 +6,9 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from app.core.enums import AtomType
-from app.schemas.knowledge import ExtractionResult, SourceMessage
-from app.services.knowledge.base import Extractor
-from app.services.knowledge.offline_extractor import OfflineExtractor, score_message
+from app.knowledge.base import Extractor
+from app.knowledge.offline_extractor import OfflineExtractor, score_message
+from app.knowledge.schemas import ExtractionResult, SourceMessage
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import app.observability.metrics  # noqa: F401 - registers every metric
+import app.core.metrics  # noqa: F401 - registers every metric
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "prometheus"
 SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum")

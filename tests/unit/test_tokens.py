@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.services.embeddings.tokens import count_tokens, truncate
+from app.embedding.providers.token_count import count_tokens, truncate
 
 
 def test_counts_match_cl100k() -> None:

@@ -27,13 +27,13 @@ import sqlalchemy as sa
 
 from alembic import context, op
 from app.core.config import get_settings
-from app.core.vector_indexes import (
+from app.indexes.build import BuildOptions, IndexBuilder
+from app.indexes.catalog import (
     VECTOR_INDEXES,
     VECTOR_VERSION_CHECK_SQL,
     build_session_sql,
     ensure_vector_indexes,
 )
-from app.indexes.build import BuildOptions, IndexBuilder
 from app.indexes.progress import make_reporter
 
 revision: str = "0002"

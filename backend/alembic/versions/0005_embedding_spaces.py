@@ -6,7 +6,7 @@ Create Date: 2026-12-01
 
 `embedding_spaces` names, per entity, the space search reads (`active`: provider, model,
 dimensions, storage type, column and HNSW index), a switch's `target` and the `previous`
-space kept for rollback (app.services.embedding_switch). The active spaces are seeded from
+space kept for rollback (app.embedding.switch). The active spaces are seeded from
 the columns as they are (their dimension and type read from the catalog) and the provider
 that fills them: the default provider whose dimension fits, else the one the settings name.
 `embedding_config.version` is raised by a statement trigger on llm_providers and
@@ -44,7 +44,7 @@ def _literal(value: str) -> str:
 
 
 def _seed_sql() -> str:
-    from app.services.provider_service import spec_from_settings
+    from app.embedding.provider_service import spec_from_settings
 
     spec = spec_from_settings(get_settings())
     return f"""

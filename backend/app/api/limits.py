@@ -17,20 +17,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import Settings
-from app.models.api_token import TokenScope
 from app.schemas.errors import error_responses
 
 if TYPE_CHECKING:
     from starlette.types import Message
-
-    from app.api.state import AppState
 
 
 class BodyTooLarge(HTTPException):
@@ -169,25 +166,8 @@ class RateLimited(Exception):
 
 
 def caller_of(request: Request) -> str:
-    """Whom a request counts against: the token app.api.auth admitted, else the client address."""
+    """Whom a request counts against: the token app.auth.dependencies admitted, else the client address."""
     caller = getattr(request.state, "caller", None)
     if isinstance(caller, str):
         return caller
     return f"address:{request.client.host if request.client else 'unknown'}"
-
-
-def rate_limit(group: RouteGroup, access: Any) -> Any:
-    """A route dependency taking one of the caller's tokens for `group` once `access` admitted it.
-
-    `access` is the route's auth dependency (e.g. SearchAccess): FastAPI runs it once per
-    request and before this one, so unauthenticated requests get their 401 and fill no bucket.
-    """
-
-    async def check(request: Request, _granted: TokenScope = access) -> None:
-        state: AppState = request.app.state.tt
-        wait = state.limiter.acquire(group, caller_of(request))
-        if wait > 0:
-            raise RateLimited(group, state.limiter.per_minute[group], wait)
-
-    check.__name__ = f"rate_limit_{group.value}"
-    return Depends(check)

@@ -1,17 +1,22 @@
-"""Per-process API state: engine, sessions, broker client, embedding services, rate limits."""
+"""Per-process API state: engine, sessions, the read router, the broker client, rate limits.
+
+Only infrastructure lives here, so the domains' routes may depend on it; a domain keeps its own
+per-process objects behind its own accessor (app.embedding.dependencies.registry_of).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from taskiq import AsyncBroker
 
 from app.api.limits import RateLimiter
+from app.broker import broker
 from app.core.config import Settings
 from app.db import create_engine, session_factory
 from app.replica import ReadRouter
-from app.services.embedding_registry import EmbeddingRegistry
-from app.tasks.broker import broker
 
 logger = logging.getLogger(__name__)
 
@@ -22,20 +27,26 @@ class AppState:
         self.engine: AsyncEngine = engine or create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.reads = ReadRouter(settings, self.sessions)
-        self.registry = EmbeddingRegistry(settings)
+        self.broker: AsyncBroker = broker
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.limiter = RateLimiter.from_settings(settings)
         self.broker_ready = False
 
     async def open(self) -> None:
         try:
-            await broker.startup()
+            await self.broker.startup()
             self.broker_ready = True
         except Exception as exc:  # noqa: BLE001 - the API serves reads without a broker
             logger.warning("broker unavailable at startup (%s); rows wait for the sweeper", exc)
 
+    def on_close(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run `close` when the state closes (before the engine is disposed)."""
+        self._closers.append(close)
+
     async def close(self) -> None:
         if self.broker_ready:
-            await broker.shutdown()
-        await self.registry.aclose()
+            await self.broker.shutdown()
+        for close in reversed(self._closers):
+            await close()
         await self.reads.aclose()
         await self.engine.dispose()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.auth import auth_waived, scope_of
 from app.api.state import AppState
+from app.auth.dependencies import auth_waived, scope_of
 from app.models.api_token import TokenScope
 
 SESSION_COOKIE = "tt_console"

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from app.api.state import AppState
 from app.core.errors import AppError
+from app.embedding import status as status_service
+from app.embedding.entities import ENTITIES
+from app.embedding.parked import FailedRow, failed_rows
+from app.embedding.registry import EmbeddingRegistry
 from app.indexes.status import IndexReport, index_reports
 from app.observability.queue import QueueState, queue_state
-from app.services import status_service
-from app.services.entities import ENTITIES
-from app.services.parked_rows import FailedRow, failed_rows
-from app.tasks.broker import broker
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class Overview:
         return sum(view.coverage.parked for view in self.entities)
 
 
-async def overview(state: AppState) -> Overview:
+async def overview(state: AppState, registry: EmbeddingRegistry) -> Overview:
     """Everything on the overview page, read now."""
     max_attempts = state.settings.embedding_max_attempts
     provider = model = provider_error = None
     async with state.sessions() as session:
         try:
-            entry = await state.registry.get(session)
+            entry = await registry.get(session)
             provider, model = entry.spec.name, entry.spec.model
         except AppError as exc:
             provider_error = exc.message
@@ -81,4 +81,4 @@ async def overview(state: AppState) -> Overview:
 
 
 async def _queue(state: AppState) -> QueueState | None:
-    return await queue_state(broker, state.settings) if state.broker_ready else None
+    return await queue_state(state.broker, state.settings) if state.broker_ready else None

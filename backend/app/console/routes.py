@@ -14,14 +14,16 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from app.api.auth import scope_of
+from app.api.deps import get_state
 from app.api.state import AppState
+from app.auth.dependencies import scope_of
 from app.console import auth, data
 from app.console import search as console_search
 from app.core.enums import AtomType
-from app.services.entities import ENTITIES
-from app.services.parked_rows import retry_rows
-from app.tasks.embedding_tasks import enqueuer
+from app.embedding.dependencies import registry_of
+from app.embedding.entities import ENTITIES
+from app.embedding.parked import retry_rows
+from app.embedding.tasks import enqueuer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -71,8 +73,7 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 
 
 def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.tt
-    return state
+    return get_state(request)
 
 
 def _to_login() -> Response:
@@ -91,7 +92,7 @@ async def overview_page(request: Request) -> Response:
     operator = await auth.operator_of(request, state)
     if operator is None:
         return _to_login()
-    context = await _overview_context(state, operator)
+    context = await _overview_context(request, state, operator)
     context["notice"] = _notice(request)
     return _page(request, "overview.html", context)
 
@@ -102,12 +103,15 @@ async def panels_fragment(request: Request) -> Response:
     operator = await auth.operator_of(request, state)
     if operator is None:
         return Response("sign in again", status_code=401, headers=SECURITY_HEADERS)
-    return _page(request, "_panels.html", await _overview_context(state, operator))
+    return _page(request, "_panels.html", await _overview_context(request, state, operator))
 
 
-async def _overview_context(state: AppState, operator: auth.Operator) -> dict[str, Any]:
+async def _overview_context(
+    request: Request, state: AppState, operator: auth.Operator
+) -> dict[str, Any]:
     now = datetime.now(UTC).strftime("%H:%M:%S UTC")
-    return {"operator": operator, "o": await data.overview(state), "page": "overview", "now": now}
+    overview = await data.overview(state, registry_of(request))
+    return {"operator": operator, "o": overview, "page": "overview", "now": now}
 
 
 def _notice(request: Request) -> str | None:
@@ -200,7 +204,7 @@ async def search_page(request: Request) -> Response:
     if operator is None:
         return _to_login()
     form = console_search.SearchForm.of(request.query_params, request.query_params.getlist("types"))
-    view = await console_search.run(state, form)
+    view = await console_search.run(state, registry_of(request), form)
     context = {
         "operator": operator,
         "v": view,

@@ -12,10 +12,11 @@ from pydantic import ValidationError as PydanticValidationError
 
 from app.api.state import AppState
 from app.core.errors import AppError
-from app.observability.metrics import observe_search
-from app.schemas.search import AtomSearchRequest, MessageSearchRequest
-from app.services import semantic_search_service as search
-from app.services.entities import ATOMS, MESSAGES, Entity
+from app.core.metrics import observe_search
+from app.embedding.entities import ATOMS, MESSAGES, Entity
+from app.embedding.registry import EmbeddingRegistry
+from app.search import semantic_search_service as search
+from app.search.schemas import AtomSearchRequest, MessageSearchRequest
 
 
 @dataclass
@@ -60,7 +61,7 @@ class SearchView:
     status_code: int = 200
 
 
-async def run(state: AppState, form: SearchForm) -> SearchView:
+async def run(state: AppState, registry: EmbeddingRegistry, form: SearchForm) -> SearchView:
     """Search as the API does; a bad field or a provider failure becomes the page's error."""
     view = SearchView(form)
     if not form.asked:
@@ -69,7 +70,9 @@ async def run(state: AppState, form: SearchForm) -> SearchView:
     started = time.perf_counter()
     try:
         page = await (
-            _similar(state, entity, form) if form.similar else _query(state, entity, form)
+            _similar(state, registry, entity, form)
+            if form.similar
+            else _query(state, registry, entity, form)
         )
     except PydanticValidationError as exc:
         view.error = "; ".join(
@@ -92,45 +95,42 @@ def _request(entity: Entity, form: SearchForm) -> MessageSearchRequest | AtomSea
     return MessageSearchRequest(**common, channel=form.channel or None, author=form.author or None)
 
 
-async def _query(state: AppState, entity: Entity, form: SearchForm) -> search.SearchPage:
+async def _query(
+    state: AppState, registry: EmbeddingRegistry, entity: Entity, form: SearchForm
+) -> search.SearchPage:
     body = _request(entity, form)
     if isinstance(body, AtomSearchRequest):
         filters = search.SearchFilters(atom_types=tuple(t.value for t in body.types))
     else:
         filters = search.SearchFilters(channel=body.channel, author=body.author)
+    query = search.TextQuery(body.query, body.limit, filters=filters, mode=body.mode)
     with observe_search(entity.name, body.mode):
         async with state.reads.session() as session:
-            entry = await state.registry.get(session)
-            vector = await entry.service.embed_query(body.query)
-            page = await search.search(
-                session,
-                entity,
-                vector,
-                query_text=body.query,
-                limit=body.limit,
-                filters=filters,
-                mode=body.mode,
-                tuning=search.SearchTuning.from_settings(state.settings),
-            )
+            tuning = search.SearchTuning.from_settings(state.settings)
+            page = await search.search_text(session, registry, entity, query, tuning)
             await session.commit()
     return page
 
 
-async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.SearchPage:
+async def _similar(
+    state: AppState, registry: EmbeddingRegistry, entity: Entity, form: SearchForm
+) -> search.SearchPage:
     try:
         row_id = uuid.UUID(form.similar)
     except ValueError:
         raise AppError(f"similar: {form.similar!r} is not an id", status_code=422) from None
     with observe_search(entity.name, "similar"):
         async with state.reads.session() as session:
-            vector = await search.embedding_of(session, entity, row_id)
-            page = await search.search(
+            tuning = search.SearchTuning.from_settings(state.settings)
+            limit = max(1, min(form.limit, 100))
+            page = await search.similar_to(
                 session,
                 entity,
-                vector,
-                limit=max(1, min(form.limit, 100)),
-                tuning=search.SearchTuning.from_settings(state.settings),
-                exclude=row_id,
+                row_id,
+                limit=limit,
+                threshold=None,
+                tuning=tuning,
+                registry=registry,
             )
             await session.commit()
     return page

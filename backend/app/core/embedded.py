@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,61 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def spawn_nats(
+    port: int,
+    folder: Path,
+    *,
+    args: Sequence[str] = (),
+    new_session: bool = False,
+    timeout: float = 15.0,
+) -> subprocess.Popen[bytes]:
+    """`nats-server -js` on 127.0.0.1:`port`, its store and log in `folder`; waits for the port.
+
+    The one way every part of the project starts a nats-server (the embedded one, the tests'
+    and the benchmarks' own): RuntimeError, naming the log, when it does not come up.
+    """
+    store = folder / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    with open(folder / "nats.log", "ab") as log:
+        process = subprocess.Popen(
+            [*command, *args], stdout=log, stderr=log, start_new_session=new_session
+        )
+    deadline = time.monotonic() + timeout
+    while not _port_open(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"nats-server did not start (see {folder / 'nats.log'})")
+        time.sleep(0.05)
+    return process
+
+
+class NatsServer:
+    """A nats-server this process owns: stopped and started again on the same port with the same
+    store, so connected clients reconnect and streams and consumers survive."""
+
+    def __init__(self, folder: Path, port: int | None = None, *, args: Sequence[str] = ()):
+        self.folder = folder
+        self.port = port or free_port()
+        self.args = tuple(args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = spawn_nats(self.port, self.folder, args=self.args)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            _terminate(self.process.pid)
+            self.process.wait()
+        self.process = None
+
+
 class EmbeddedNats:
     """A `nats-server -js` on 127.0.0.1 with its store in `folder`, shared across processes."""
 
@@ -240,24 +295,13 @@ class EmbeddedNats:
 
     def _spawn(self, port: int | None = None) -> dict[str, int]:
         port = port or free_port()
-        store = self.folder / "store"
-        store.mkdir(parents=True, exist_ok=True)
-        log = open(self.folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while not _port_open(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise ConfigurationError(
-                    f"the embedded nats-server did not start (see {self.folder / 'nats.log'}). "
-                    "Fix: check the log, or set NATS_URL to a running NATS with JetStream."
-                )
-            time.sleep(0.05)
+        try:
+            process = spawn_nats(port, self.folder, new_session=True)
+        except RuntimeError:
+            raise ConfigurationError(
+                f"the embedded nats-server did not start (see {self.folder / 'nats.log'}). "
+                "Fix: check the log, or set NATS_URL to a running NATS with JetStream."
+            ) from None
         return {"pid": process.pid, "port": port}
 
     def stop(self) -> None:

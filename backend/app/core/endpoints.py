@@ -13,7 +13,7 @@ _postgres: EmbeddedPostgres | None = None
 _nats: EmbeddedNats | None = None
 
 
-def database_url(settings: Settings | None = None) -> str:
+def ensure_database_url(settings: Settings | None = None) -> str:
     """The asyncpg URL of the database, starting the embedded server when none is configured."""
     global _postgres
     settings = settings or get_settings()
@@ -28,7 +28,7 @@ def database_url(settings: Settings | None = None) -> str:
     return to_asyncpg_url(_postgres.url(DEFAULT_DATABASE))
 
 
-def nats_url(settings: Settings | None = None) -> str:
+def ensure_nats_url(settings: Settings | None = None) -> str:
     """The NATS URL, starting the embedded nats-server when none is configured."""
     global _nats
     settings = settings or get_settings()

@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,23 +28,25 @@ from rich.table import Table
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.commands.tokens import curl_example
+from app.auth import token_service
+from app.auth.curl import curl_example
 from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.errors import ConfigurationError
 from app.core.supervisor import Child, api_child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url, to_libpq_url, with_database
+from app.db import alembic as alembic_command
 from app.db import create_engine, session_factory
 from app.demo import loader
+from app.embedding import status as status_service
+from app.embedding.backfill import BackfillPlan, run_backfill
+from app.embedding.embedding_service import EmbeddingService
+from app.embedding.entities import ENTITIES, MESSAGES
+from app.embedding.provider_service import spec_from_settings
+from app.embedding.providers import ProviderSpec, build_provider
 from app.models.api_token import TokenScope
-from app.services import semantic_search_service as search
-from app.services import status_service, token_service
-from app.services.backfill_service import BackfillPlan, run_backfill
-from app.services.embedding_service import EmbeddingService
-from app.services.embeddings import ProviderSpec, build_provider
-from app.services.entities import ENTITIES, MESSAGES
-from app.services.provider_service import spec_from_settings
+from app.search import semantic_search_service as search
 
 DEMO_DATABASE = "tasktracker_demo"
 QUERY = "bug fix"
@@ -149,7 +149,7 @@ async def run_demo(options: DemoOptions, settings: Settings, console: Console) -
 
 
 def _admin_url(settings: Settings) -> str:
-    return with_database(to_libpq_url(endpoints.database_url(settings)), "postgres")
+    return with_database(to_libpq_url(endpoints.ensure_database_url(settings)), "postgres")
 
 
 async def _admin(demo: Demo, sql: str) -> None:
@@ -163,12 +163,7 @@ async def _admin(demo: Demo, sql: str) -> None:
 
 
 def alembic(demo: Demo, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        env={**os.environ, **demo.env},
-        capture_output=True,
-        text=True,
-    )
+    result = alembic_command(demo.db_url, *args, env=demo.env)
     if result.returncode != 0:
         raise ConfigurationError(
             f"alembic {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}"
@@ -180,7 +175,7 @@ async def step_outage(demo: Demo) -> None:
     await _admin(demo, f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
     await _admin(demo, f'CREATE DATABASE "{DEMO_DATABASE}"')
     demo.db_url = to_asyncpg_url(with_database(_admin_url(demo.settings), DEMO_DATABASE))
-    demo.nats = endpoints.nats_url(demo.settings)
+    demo.nats = endpoints.ensure_nats_url(demo.settings)
     alembic(demo, "upgrade", "0001")
     demo.engine = create_engine(
         url=demo.db_url, settings=demo.settings, pool_size=4, max_overflow=4
@@ -361,8 +356,8 @@ async def wait_for_coverage(demo: Demo, label: str) -> float:
 
 async def step_backfill(demo: Demo) -> None:
     demo.step(3, "The backfill through NATS JetStream and a worker process")
-    from app.tasks.broker import broker
-    from app.tasks.embedding_tasks import enqueuer
+    from app.broker import broker
+    from app.embedding.tasks import enqueuer
 
     assert demo.engine is not None
     start_worker(demo)
@@ -391,8 +386,8 @@ async def step_backfill(demo: Demo) -> None:
 
 async def step_hook(demo: Demo) -> None:
     demo.step(4, "New messages arrive; extraction runs; the hook embeds what it made")
-    from app.tasks.broker import broker
-    from app.tasks.knowledge_tasks import extract_knowledge_from_messages_task
+    from app.broker import broker
+    from app.knowledge.tasks import extract_knowledge_from_messages_task
 
     assert demo.engine is not None
     incoming = loader.read_jsonl("incoming.jsonl")

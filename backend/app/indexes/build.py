@@ -1,5 +1,5 @@
 """Build the HNSW indexes, online: the add_vector_indexes revision, the repair after every upgrade,
-and `tasktracker index rebuild` all run this, with the SQL of app.core.vector_indexes.
+and `tasktracker index rebuild` all run this, with the SQL of app.indexes.catalog.
 
 The connection given must be in autocommit (CREATE INDEX CONCURRENTLY runs outside a
 transaction) and must have no client-side statement timeout: a build on a real table takes
@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.urls import to_libpq_url
-from app.core.vector_indexes import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
+from app.indexes.catalog import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
 from app.indexes.memory import MemoryPlan, format_size, human, plan_memory
 from app.indexes.progress import BuildReporter, ProgressWatcher, run_in_thread
 from app.models.base import HNSW_PARAMS

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 import asyncpg
 
-from app.core.vector_indexes import PROGRESS_SELECT
+from app.indexes.catalog import PROGRESS_SELECT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

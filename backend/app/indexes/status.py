@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.core.vector_indexes import VECTOR_INDEXES, VectorIndex
+from app.indexes.catalog import VECTOR_INDEXES, VectorIndex
 from app.indexes.progress import describe, reading_of
 
 

@@ -27,6 +27,11 @@ SQLModel.metadata.naming_convention = {
 TEXT_HASH_FUNCTION = "tt_text_hash"
 HNSW_PARAMS = {"m": 16, "ef_construction": 64}
 
+# The pending predicate, the pipeline's definition of work: the vector is missing or was made
+# for another text. The partial index ix_<table>_embedding_pending holds exactly these rows, so
+# every query of pending rows spells it this way (through app.embedding.entities.NEEDS_TEXT).
+EMBEDDING_PENDING = "embedding_content_hash IS DISTINCT FROM content_hash"
+
 
 class BinaryVector(Vector):
     """pgvector's column type, bound and read through the binary asyncpg codec (no text parsing).
@@ -67,7 +72,7 @@ def embedding_indexes(table: str, fts_expression: str) -> tuple[Index, ...]:
         Index(
             f"ix_{table}_embedding_pending",
             "id",
-            postgresql_where=text("embedding_content_hash IS DISTINCT FROM content_hash"),
+            postgresql_where=text(EMBEDDING_PENDING),
         ),
         *fts,
         Index(
@@ -127,7 +132,7 @@ class EmbeddedMixin(SQLModel):
     embedding_attempts: int = Field(
         default=0, sa_type=Integer, sa_column_kwargs={"server_default": "0", "nullable": False}
     )
-    # The lease of the task embedding the row now (app.services.embedding_jobs): who, until when.
+    # The lease of the task embedding the row now (app.embedding.jobs): who, until when.
     embedding_claimed_by: str | None = Field(default=None, sa_type=Text)
     embedding_claim_expires_at: datetime | None = Field(
         default=None,

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from app.core.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 
 def route_label(scope: Scope) -> str:

@@ -13,8 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.api.auth import auth_waived, scope_of
+from app.api.deps import get_state
 from app.api.state import AppState
+from app.auth.dependencies import auth_waived, scope_of
+from app.embedding.dependencies import registry_of
 from app.observability.scrape import refresh
 
 
@@ -38,12 +40,12 @@ async def _admitted(request: Request, state: AppState) -> bool:
 
 async def metrics_endpoint(request: Request) -> Response:
     """The process's metrics, with the data and queue gauges read now."""
-    state: AppState = request.app.state.tt
+    state = get_state(request)
     if not await _admitted(request, state):
         return JSONResponse(
             {"error": "missing or invalid bearer token", "detail": None},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    await refresh(state)
+    await refresh(state, registry_of(request))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

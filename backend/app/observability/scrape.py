@@ -4,36 +4,33 @@ a deployment nobody scrapes pays nothing)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.state import AppState
+from app.core import metrics as m
 from app.core.errors import AppError
-from app.observability import metrics as m
+from app.embedding import status as status_service
+from app.embedding.registry import EmbeddingRegistry
 from app.observability.queue import queue_state
-from app.services import status_service
-from app.tasks.broker import broker
-
-if TYPE_CHECKING:
-    from app.api.state import AppState
 
 logger = logging.getLogger(__name__)
 
 
-async def refresh(state: AppState) -> None:
+async def refresh(state: AppState, registry: EmbeddingRegistry) -> None:
     """Rows, embedded, pending, stale, parked and the oldest pending row per entity; the queue."""
     try:
-        await _refresh_rows(state)
+        await _refresh_rows(state, registry)
     except Exception as exc:  # noqa: BLE001 - a scrape reports what it can
         logger.warning("metrics: reading the row counts failed (%s)", type(exc).__name__)
         m.SCRAPE_ERRORS.labels("database").inc()
     await _refresh_queue(state)
 
 
-async def _refresh_rows(state: AppState) -> None:
+async def _refresh_rows(state: AppState, registry: EmbeddingRegistry) -> None:
     max_attempts = state.settings.embedding_max_attempts
     async with state.sessions() as session:
-        model = await _provider_model(state, session)
+        model = await _provider_model(registry, session)
         rows = await status_service.coverage(session, model=model, max_attempts=max_attempts)
         progress = await status_service.progress(session, max_attempts=max_attempts)
     for row in rows:
@@ -49,9 +46,9 @@ async def _refresh_rows(state: AppState) -> None:
             m.ROWS_EMBEDDED_BY_MODEL.labels(item.entity, model_name).set(count)
 
 
-async def _provider_model(state: AppState, session: AsyncSession) -> str | None:
+async def _provider_model(registry: EmbeddingRegistry, session: AsyncSession) -> str | None:
     try:
-        entry = await state.registry.get(session)
+        entry = await registry.get(session)
     except AppError:
         return None
     return entry.spec.model
@@ -60,7 +57,7 @@ async def _provider_model(state: AppState, session: AsyncSession) -> str | None:
 async def _refresh_queue(state: AppState) -> None:
     stream = state.settings.nats_stream
     labels = (stream, f"{stream}-worker")
-    queue = await queue_state(broker, state.settings) if state.broker_ready else None
+    queue = await queue_state(state.broker, state.settings) if state.broker_ready else None
     if queue is None:
         m.JETSTREAM_UP.labels(*labels).set(0)
         m.SCRAPE_ERRORS.labels("jetstream").inc()

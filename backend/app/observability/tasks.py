@@ -6,7 +6,7 @@ from typing import Any
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
-from app.observability.metrics import TASK_SECONDS, TASKS
+from app.core.metrics import TASK_SECONDS, TASKS
 
 
 class TaskMetricsMiddleware(TaskiqMiddleware):

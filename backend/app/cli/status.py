@@ -1,0 +1,57 @@
+"""`tasktracker status`: embedding coverage per entity, parked rows and the HNSW indexes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from app.cli._console import console, coverage_table, parked_table, run, spaces_table
+from app.core.config import get_settings
+
+
+async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    # Imported when the command runs: `tasktracker --help` stays quick without the database layer.
+    from app.db import check_database, create_engine, session_factory
+    from app.embedding import status as status_service
+
+    settings = get_settings()
+    engine = create_engine(pool_size=1, max_overflow=0)
+    try:
+        await check_database(engine)
+        async with session_factory(engine)() as session:
+            rows = await status_service.coverage(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+            indexes = await status_service.index_states(session)
+            reasons = await status_service.parked_reasons(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+            spaces = await status_service.space_coverage(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+        return rows, indexes, reasons, spaces
+    finally:
+        await engine.dispose()
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Embedding coverage per entity and the health of the HNSW indexes."""
+    rows, indexes, reasons, spaces = run(_status)
+    if as_json:
+        payload = {
+            "coverage": [row.as_dict() for row in rows],
+            "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
+            "parked": [vars(reason) for reason in reasons],
+            "spaces": [space.as_dict() for space in spaces],
+        }
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    console.print(coverage_table(rows, indexes))
+    console.print(spaces_table(spaces))
+    if reasons:
+        console.print(parked_table(reasons))

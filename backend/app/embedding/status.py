@@ -1,0 +1,261 @@
+"""Embedding coverage and vector index health: the table the team used to diagnose the outage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+from pydantic import Field, computed_field
+from pydantic.dataclasses import dataclass
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.embedding.entities import ENTITIES, NEEDS_TEXT
+from app.indexes.catalog import VECTOR_INDEXES
+
+_TABLES = [(name, entity.table) for name, entity in ENTITIES.items()]
+
+
+@dataclass(frozen=True)
+class EntityCoverage:
+    """One entity's rows by embedding state; also the status route's response item."""
+
+    entity: str
+    total: int
+    embedded: int
+    current: int
+    stale: int
+    pending: int
+    parked: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def coverage_pct(self) -> float:
+        return round(100.0 * self.embedded / self.total, 1) if self.total else 100.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "coverage_pct": self.coverage_pct}
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """An HNSW index as the catalog shows it; also the status route's response item."""
+
+    name: str
+    table: str
+    exists: bool
+    valid: bool
+    ready: bool
+    matches: bool
+    definition: str | None = Field(default=None, exclude=True)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def healthy(self) -> bool:
+        return self.exists and self.valid and self.ready and self.matches
+
+
+def _coverage_sql(table: str) -> str:
+    current = "embedding_content_hash = content_hash AND embedding IS NOT NULL"
+    model_ok = "(CAST(:model AS text) IS NULL OR embedding_model = :model)"
+    return f"""
+        SELECT count(*),
+               count(*) FILTER (WHERE embedding IS NOT NULL),
+               count(*) FILTER (WHERE {current} AND {model_ok}),
+               count(*) FILTER (WHERE embedding IS NOT NULL AND NOT ({current} AND {model_ok})),
+               count(*) FILTER (WHERE NOT coalesce({current} AND {model_ok}, false)
+                                AND embedding_attempts < :max_attempts),
+               count(*) FILTER (WHERE NOT coalesce({current} AND {model_ok}, false)
+                                AND embedding_attempts >= :max_attempts)
+        FROM {table}
+    """
+
+
+async def coverage(
+    session: AsyncSession, *, model: str | None = None, max_attempts: int = 3
+) -> list[EntityCoverage]:
+    """Rows, embedded rows, current/stale/pending/parked counts per entity."""
+    result = []
+    for entity, table in _TABLES:
+        row = (
+            await session.execute(
+                text(_coverage_sql(table)), {"model": model, "max_attempts": max_attempts}
+            )
+        ).one()
+        result.append(EntityCoverage(entity, *(int(value) for value in row)))
+    return result
+
+
+@dataclass(frozen=True)
+class ParkedReason:
+    entity: str
+    reason: str
+    rows: int
+
+
+async def parked_reasons(
+    session: AsyncSession, *, max_attempts: int = 3, limit: int = 5
+) -> list[ParkedReason]:
+    """The most common reasons rows are parked, per entity (retried only on request)."""
+    found: list[ParkedReason] = []
+    for entity, table in _TABLES:
+        rows = await session.execute(
+            text(
+                f"SELECT coalesce(embedding_error, 'unknown'), count(*) FROM {table} "
+                "WHERE embedding_attempts >= :max_attempts "
+                f"AND {NEEDS_TEXT} "
+                "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit"
+            ),
+            {"max_attempts": max_attempts, "limit": limit},
+        )
+        found.extend(ParkedReason(entity, str(reason), int(count)) for reason, count in rows)
+    return found
+
+
+async def index_states(session: AsyncSession) -> list[IndexState]:
+    """Whether each expected HNSW index exists, is valid and ready, and has the right definition."""
+    from app.indexes.catalog import ACTIVE_STORAGE_SQL, SPACES_EXIST_SQL
+
+    storage: dict[str, str] = {}
+    if (await session.execute(text(SPACES_EXIST_SQL))).scalar():
+        rows = (await session.execute(text(ACTIVE_STORAGE_SQL))).scalars()
+        storage = dict(str(row).split(":", 1) for row in rows)
+    states = []
+    for base in VECTOR_INDEXES:
+        index = replace(base, opclass=f"{storage.get(base.table, 'vector')}_cosine_ops")
+        row = (await session.execute(text(index.state_sql))).first()
+        if row is None:
+            states.append(IndexState(index.name, index.table, False, False, False, False, None))
+        else:
+            valid, ready, matches, definition = row
+            states.append(
+                IndexState(index.name, index.table, True, valid, ready, bool(matches), definition)
+            )
+    return states
+
+
+@dataclass(frozen=True)
+class EntityProgress:
+    """What the console and /metrics add to coverage: models in use, recent rate, oldest wait."""
+
+    entity: str
+    embedded_by_model: dict[str, int]
+    embedded_last_minute: int
+    oldest_pending_seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded_last_minute / 60.0
+
+
+def _models_sql(table: str) -> str:
+    return f"""
+        SELECT coalesce(embedding_model, '?') AS model, count(*) AS rows,
+               count(*) FILTER (WHERE embedded_at > now() - interval '60 seconds') AS recent
+        FROM {table} WHERE embedding IS NOT NULL GROUP BY 1
+    """
+
+
+def _oldest_pending_sql(table: str) -> str:
+    # Through the partial index on exactly the pending predicate.
+    return f"""
+        SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) FROM {table}
+        WHERE {NEEDS_TEXT}
+          AND embedding_attempts < :max_attempts
+    """
+
+
+async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[EntityProgress]:
+    """Per entity: embedded rows per model, rows embedded in the last minute, oldest pending."""
+    result = []
+    for entity, table in _TABLES:
+        models = (await session.execute(text(_models_sql(table)))).all()
+        oldest = (
+            await session.execute(text(_oldest_pending_sql(table)), {"max_attempts": max_attempts})
+        ).scalar_one()
+        counts = {str(row.model): int(row.rows) for row in models}
+        recent = sum(int(row.recent) for row in models)
+        result.append(EntityProgress(entity, counts, recent, float(oldest)))
+    return result
+
+
+@dataclass(frozen=True)
+class SpaceCoverage:
+    """One embedding space of an entity: how far its column is filled, how fast, how long left."""
+
+    id: int
+    entity: str
+    state: str
+    phase: str | None
+    provider: str
+    model: str
+    dimensions: int
+    storage: str
+    column: str
+    index: str
+    total: int
+    current: int
+    pending: int
+    parked: int
+    embedded_last_minute: int
+
+    @property
+    def coverage_pct(self) -> float:
+        return 100.0 * self.current / self.total if self.total else 100.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded_last_minute / 60.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds to 100% at the last minute's rate (None: stalled with rows waiting)."""
+        if self.pending == 0:
+            return 0.0
+        return self.pending / self.rows_per_second if self.rows_per_second else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **asdict(self),
+            "coverage_pct": round(self.coverage_pct, 1),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+        }
+
+
+async def space_coverage(session: AsyncSession, *, max_attempts: int = 3) -> list[SpaceCoverage]:
+    """Every live embedding space with its coverage, rate and ETA."""
+    from app.embedding.spaces import load_spaces
+
+    result = []
+    for space in await load_spaces(session):
+        slot = space.slot
+        c = slot.cols
+        row = (
+            await session.execute(
+                text(
+                    f"SELECT count(*), count(*) FILTER (WHERE {c.vector} IS NOT NULL AND "
+                    f"{c.hash} = content_hash), "
+                    f"count(*) FILTER (WHERE {c.needs_text} AND {c.attempts} < :m), "
+                    f"count(*) FILTER (WHERE {c.needs_text} AND {c.attempts} >= :m), "
+                    f"count(*) FILTER (WHERE {c.embedded_at} > now() - interval '60 seconds') "
+                    f"FROM {slot.table}"
+                ),
+                {"m": max_attempts},
+            )
+        ).one()
+        result.append(
+            SpaceCoverage(
+                space.id,
+                space.entity,
+                space.state,
+                space.phase,
+                space.provider_name,
+                space.model,
+                space.dimensions,
+                space.storage,
+                space.column_name,
+                space.index_name,
+                *(int(value) for value in row),
+            )
+        )
+    return result

@@ -1,0 +1,5 @@
+"""`python -m bench [SECTION] [--quick]`: run the benchmarks from a checkout."""
+
+from bench.cli import main
+
+main()
