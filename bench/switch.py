@@ -117,7 +117,7 @@ def cli(env: dict[str, str], *args: str) -> float:
     """`tasktracker embeddings ...`; its seconds. A failure raises with its output."""
     began = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli._console", "embeddings", *args],
+        [sys.executable, "-m", "app.cli", "embeddings", *args],
         cwd=REPO_ROOT,
         env={**os.environ, **env},
         capture_output=True,

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli._console", *args],
+        [sys.executable, "-m", "app.cli", *args],
         cwd=REPO,
         env={
             **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
@@ -63,7 +63,7 @@ def test_status_on_the_embedded_server_and_processes_share_it(tmp_path: Path) ->
     assert migrate.returncode == 0, migrate.stderr
     # Two processes at once: one server over the folder, both succeed.
     first = subprocess.Popen(
-        [sys.executable, "-m", "app.cli._console", "status", "--json"],
+        [sys.executable, "-m", "app.cli", "status", "--json"],
         cwd=REPO,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -284,7 +284,7 @@ def test_demo_keep_and_scale_then_serve_replaces_and_drops_its_database(
                     [
                         sys.executable,
                         "-m",
-                        "app.cli._console",
+                        "app.cli",
                         "demo",
                         "--provider",
                         "openai",
@@ -439,7 +439,7 @@ async def test_services_runs_worker_and_api_reports_them_and_stops_on_sigterm(
         assert before["postgres"][1] == "external" and before["nats"] == (nats_url, "external")
         clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")}
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli._console", "services", "--port", str(port)],
+            [sys.executable, "-m", "app.cli", "services", "--port", str(port)],
             cwd=REPO,
             env={**clean, **env},
             stdout=subprocess.PIPE,

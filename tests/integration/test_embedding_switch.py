@@ -81,7 +81,7 @@ async def cli(pipeline: Pipeline, *args: str, timeout: float = 600) -> tuple[int
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app.cli._console",
+        "app.cli",
         "embeddings",
         *args,
         env={**os.environ, **pipeline.env},
@@ -246,9 +246,13 @@ async def test_rollback_restores_the_old_vectors_and_a_second_switch_works(
         pipeline, "SELECT md5(string_agg(embedding::text, ',' ORDER BY id)) FROM messages"
     )
     await create_large(api, pipeline)
-    assert (await cli(pipeline, "switch", "--provider", "large", "--wait"))[0] == 0
-    assert (await cli(pipeline, "cutover"))[0] == 0
-    assert await scalar(pipeline, "SELECT vector_dims(embedding) FROM messages LIMIT 1") == 1536
+    code, out = await cli(pipeline, "switch", "--provider", "large", "--wait")
+    assert code == 0, out
+    code, out = await cli(pipeline, "cutover")
+    assert code == 0, out
+    assert await scalar(pipeline, "SELECT vector_dims(embedding) FROM messages LIMIT 1") == 1536, (
+        out
+    )
 
     code, out = await cli(pipeline, "rollback")
     assert code == 0, out
@@ -284,7 +288,7 @@ async def test_killed_worker_and_command_resume_without_embedding_twice(
     command = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "app.cli._console",
+        "app.cli",
         "embeddings",
         "switch",
         "--provider",
