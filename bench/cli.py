@@ -10,15 +10,15 @@ from app.cli._console import console, fail, run
 from app.core.config import get_settings
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
-NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults")
+NAMED_ONLY = ("migrate", "scale", "freshness", "load", "faults", "switch")
 
 
 def bench(
     what: Annotated[
         str,
         typer.Argument(
-            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load "
-            "or faults."
+            help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load, "
+            "faults or switch."
         ),
     ] = "all",
     quick: Annotated[
