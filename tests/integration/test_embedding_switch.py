@@ -134,6 +134,7 @@ class Traffic:
 
     searches: list[tuple[str, httpx.Response]] = field(default_factory=list)
     ingested: list[str] = field(default_factory=list)
+    similar: list[httpx.Response] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, api: Api) -> None:
@@ -158,6 +159,13 @@ class Traffic:
                 json={"query": query, "limit": 5},
             )
             self.searches.append((query, answer))
+            if i % 4 == 0:  # similar items read a stored vector: one model's too
+                similar = await api.call(
+                    "GET",
+                    f"/semantic_search/messages/{posted.json()['ids'][0]}/similar",
+                    TokenScope.search,
+                )
+                self.similar.append(similar)
             await asyncio.sleep(0.05)
 
 
@@ -205,6 +213,11 @@ async def test_switch_under_ingest_and_search_never_mixes_models(
         await client
     models = check_one_model_per_response(pipeline, traffic)
     assert models == {SMALL, LARGE}, models
+    # a message just ingested may have no vector yet (409); never a failure
+    assert all(r.status_code in (200, 409) for r in traffic.similar), [
+        r.text for r in traffic.similar if r.status_code not in (200, 409)
+    ]
+    assert any(r.status_code == 200 for r in traffic.similar)
     assert len(traffic.searches) > 20
 
     # every row, those ingested during the switch too, is in the new model's column

@@ -232,13 +232,19 @@ async def check_space(session: AsyncSession, entity: Entity, space_id: int) -> N
     try:
         ok = (await session.execute(text(sql), {"space": space_id})).scalar()
     except DBAPIError as exc:
-        if "InvalidCachedStatement" in type(getattr(exc, "orig", exc)).__name__ or (
-            "cached statement plan is invalid" in str(exc)
-        ):
-            raise SpaceMoved from None
+        _moved_if_replanned(exc)
         raise
     if not ok:
         raise SpaceMoved
+
+
+def _moved_if_replanned(exc: DBAPIError) -> None:
+    """A statement prepared before a cutover whose result type changed (the vector column's
+    dimension or type): the driver dropped its cache; the caller searches again."""
+    if "cached statement plan is invalid" in str(exc) or "InvalidCachedStatement" in repr(
+        getattr(exc, "orig", exc)
+    ):
+        raise SpaceMoved from None
 
 
 async def vector_candidates(
@@ -555,7 +561,11 @@ async def similar_to(
                 space = await _active_space(session, registry, entity, fresh=attempt > 0)
                 model = (await registry.for_space(session, space)).spec.model
                 await check_space(session, entity, space.id)
-            vector = await embedding_of(session, entity, row_id)
+            try:
+                vector = await embedding_of(session, entity, row_id)
+            except DBAPIError as exc:
+                _moved_if_replanned(exc)
+                raise
             page = await search(
                 session,
                 entity,
