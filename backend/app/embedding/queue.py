@@ -99,8 +99,15 @@ async def mark_queued(
         slot = await current_slot(conn, entity)
         if slot is None:
             return
+        # Rows a worker holds (it is writing them) are skipped, not waited for: the mark only
+        # keeps the sweeper away, and waiting on rows another statement locks in another
+        # order is how two of them deadlock (a fill's marks against a worker's writes).
         await conn.execute(
-            text(f"UPDATE {slot.table} SET {slot.cols.queued_at} = {value} WHERE id = ANY(:ids)"),
+            text(
+                f"UPDATE {slot.table} AS t SET {slot.cols.queued_at} = {value} "
+                f"FROM (SELECT id FROM {slot.table} WHERE id = ANY(:ids) "
+                "FOR NO KEY UPDATE SKIP LOCKED) AS s WHERE t.id = s.id"
+            ),
             {"ids": list(ids)},
         )
 
