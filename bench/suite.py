@@ -28,7 +28,18 @@ from bench.scratch import scratch_database
 from bench.stats import target
 
 DOCS = REPO_ROOT / "docs"
-ORDER = ("pipeline", "search", "scale", "freshness", "index", "migrate", "api", "load", "faults")
+ORDER = (
+    "pipeline",
+    "search",
+    "scale",
+    "freshness",
+    "index",
+    "migrate",
+    "api",
+    "load",
+    "faults",
+    "switch",
+)
 
 
 class Section(Protocol):
@@ -113,6 +124,7 @@ def sections() -> dict[str, Section]:
         pipeline_suite,
         search,
         search_scale,
+        switch,
     )
 
     return {
@@ -125,6 +137,7 @@ def sections() -> dict[str, Section]:
         "api": api,
         "load": load,
         "faults": faults,
+        "switch": switch,
     }
 
 
@@ -241,7 +254,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|freshness|load|faults] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|freshness|load|faults|switch] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "

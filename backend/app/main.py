@@ -18,7 +18,7 @@ from app.console.routes import console_routes
 from app.core.config import Settings, get_settings
 from app.core.errors import ConfigurationError
 from app.core.log import configure_logging
-from app.embedding import provider_routes
+from app.embedding import provider_routes, space_routes
 from app.embedding import routes as embedding_routes
 from app.knowledge import routes as knowledge_routes
 from app.messages import routes as message_routes
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, host: str | None = None) -> 
         health,
         search_routes,
         embedding_routes,
+        space_routes,
         message_routes,
         provider_routes,
         knowledge_routes,

@@ -287,7 +287,8 @@ async def test_one_default_provider_and_the_status_follows_it(
             "type": "openai",
             "base_url": stub.base_url,
             "api_key": KEY,
-            "embedding_model": f"model-{name}",
+            # the active space's model (another one is refused: a switch moves to it)
+            "embedding_model": "text-embedding-3-small",
             "embedding_dimensions": 384,
             "is_default": True,
         }

@@ -313,8 +313,9 @@ async def test_extract_with_a_write_token_is_queued_and_its_atoms_are_embedded(
     await stack.wait_embedded("atoms", atoms, count, c=channel)
 
 
-async def test_provider_id_on_the_batch_route_embeds_with_that_provider(stack: Stack) -> None:
-    """A provider stored over the API and named by id is the one the worker embeds with."""
+async def test_provider_id_of_another_model_on_the_batch_route_is_refused(stack: Stack) -> None:
+    """A provider that is neither the active nor a switch's target space's would write a third
+    model's vectors into the column: 422 saying why, nothing queued."""
     created = await stack.call(
         "POST",
         "/providers",
@@ -333,13 +334,16 @@ async def test_provider_id_on_the_batch_route_embeds_with_that_provider(stack: S
     tag = f"prov-{uuid.uuid4().hex[:6]}"
     ids = await _insert_atoms(stack, tag, ["risk", "risk"])
     body = {"ids": ids, "provider_id": created.json()["id"]}
-    assert (await stack.call("POST", "/embeddings/atoms/batch", json=body)).json()["queued"] == 2
-    await stack.wait_embedded("atoms", "id = ANY(CAST(:ids AS uuid[]))", 2, ids=ids)
+    refused = await stack.call("POST", "/embeddings/atoms/batch", json=body)
+    assert refused.status_code == 422, refused.text
+    assert "neither the active nor a switch's target" in refused.text
+    assert "tasktracker embeddings switch" in refused.text
     models = await stack.scalar(
-        "SELECT array_agg(DISTINCT embedding_model) FROM atoms WHERE id = ANY(CAST(:ids AS uuid[]))",
+        "SELECT count(*) FROM atoms WHERE id = ANY(CAST(:ids AS uuid[])) "
+        "AND embedding_model = 'text-embedding-3-large'",
         ids=ids,
     )
-    assert models == ["text-embedding-3-large"]
+    assert models == 0
 
 
 async def test_atom_embed_now_search_filters_and_similar(stack: Stack) -> None:

@@ -187,8 +187,10 @@ def test_dimension_check_names_both_numbers_and_the_fix(stub: OpenAIStub) -> Non
     with pytest.raises(DimensionMismatchError) as info:
         svc.check_dimensions(1536)
     message = info.value.message
-    assert "returns 64-dimensional" in message and "vector(1536)" in message
-    assert "EMBEDDING_DIMENSIONS=64" in message and "alembic downgrade base" in message
+    assert "returns 64-dimensional" in message and "holds 1536" in message
+    # the fix is the online switch, never a command that drops the data
+    assert "tasktracker embeddings switch --provider" in message
+    assert "alembic downgrade" not in message
 
 
 async def test_empty_text_is_never_sent_and_gets_a_reason(stub: OpenAIStub) -> None:

@@ -579,8 +579,10 @@ async def test_concurrent_defaults_leave_exactly_one(api: Api) -> None:
                 "/api/v1/providers",
                 json={
                     "name": f"new{i}",
-                    "type": "local",
-                    "embedding_model": "multilingual-e5-small-q4",
+                    "type": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    # the active space's model: another one is refused (a switch moves to it)
+                    "embedding_model": "text-embedding-3-small",
                     "embedding_dimensions": 384,
                     "is_default": True,
                 },

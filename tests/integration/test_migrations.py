@@ -69,7 +69,7 @@ def test_upgrade_twice_downgrade_and_upgrade_again(postgres: PostgresForTests) -
         ):
             result = alembic(url, *args)
             assert result.returncode == 0, (args, result.stderr)
-        assert "0004 (head)" in alembic(url, "current").stdout
+        assert "0005 (head)" in alembic(url, "current").stdout
         check = alembic(url, "check")
         assert check.returncode == 0, check.stdout + check.stderr
         assert "No new upgrade operations detected" in check.stdout + check.stderr

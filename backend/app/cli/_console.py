@@ -76,6 +76,26 @@ def coverage_table(rows: list[Any], indexes: list[Any]) -> Table:
     return outer
 
 
+def spaces_table(spaces: list[Any]) -> Table:
+    """Each embedding space: state, model, column, coverage, rate and ETA."""
+    table = Table(title="Embedding spaces")
+    for column in ("entity", "state", "model", "dims", "column", "coverage", "rows/s", "ETA"):
+        table.add_column(column)
+    for space in spaces:
+        eta = space.eta_seconds
+        table.add_row(
+            space.entity,
+            space.state + (f" ({space.phase})" if space.phase else ""),
+            f"{space.provider}: {space.model}",
+            f"{space.dimensions} {space.storage}",
+            space.column,
+            f"{space.current}/{space.total} ({space.coverage_pct:.1f}%)",
+            f"{space.rows_per_second:.1f}",
+            "stalled" if eta is None else f"{eta:.0f} s",
+        )
+    return table
+
+
 def _yes(value: bool) -> str:
     return "[green]yes[/]" if value else "[red]no[/]"
 

@@ -108,6 +108,8 @@ async def backfill_command(args: BackfillArgs, settings: Settings, console: Cons
             entities=_entities(args),
             page_size=args.page_size,
             limit=args.limit,
+            # --stale: rows another model made than the one that embeds now (the worker's
+            # claim takes them: it embeds rows whose model is not its space's provider's)
             model=spec.model if args.stale else None,
             retry_failed=args.retry_failed,
             max_attempts=settings.embedding_max_attempts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import backfill, bench, demo, index, services, status, token, worker
+from app.cli import backfill, bench, demo, embeddings, index, services, status, token, worker
 from app.core.config import get_settings
 from app.core.log import configure_logging
 
@@ -24,6 +24,7 @@ app.command()(backfill.backfill)
 app.command()(demo.demo)
 app.add_typer(token.token_app, name="token")
 app.add_typer(index.index_app, name="index")
+app.add_typer(embeddings.embeddings_app, name="embeddings")
 bench.register(app)
 
 

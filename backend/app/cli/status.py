@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli._console import console, coverage_table, parked_table, run
+from app.cli._console import console, coverage_table, parked_table, run, spaces_table
 from app.core.config import get_settings
 
 
-async def _status() -> tuple[list[Any], list[Any], list[Any]]:
+async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
     # Imported when the command runs: `tasktracker --help` stays quick without the database layer.
     from app.db import check_database, create_engine, session_factory
     from app.embedding import status as status_service
@@ -29,7 +29,10 @@ async def _status() -> tuple[list[Any], list[Any], list[Any]]:
             reasons = await status_service.parked_reasons(
                 session, max_attempts=settings.embedding_max_attempts
             )
-        return rows, indexes, reasons
+            spaces = await status_service.space_coverage(
+                session, max_attempts=settings.embedding_max_attempts
+            )
+        return rows, indexes, reasons, spaces
     finally:
         await engine.dispose()
 
@@ -40,13 +43,14 @@ def status(
     """Embedding coverage per entity and the health of the HNSW indexes."""
     from app.replica import replica_health
 
-    rows, indexes, reasons = run(_status)
+    rows, indexes, reasons, spaces = run(_status)
     replica = run(lambda: replica_health(get_settings()))
     if as_json:
         payload: dict[str, Any] = {
             "coverage": [row.as_dict() for row in rows],
             "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
             "parked": [vars(reason) for reason in reasons],
+            "spaces": [space.as_dict() for space in spaces],
         }
         if replica is not None:
             payload["read_replica"] = {
@@ -57,6 +61,7 @@ def status(
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     console.print(coverage_table(rows, indexes))
+    console.print(spaces_table(spaces))
     if reasons:
         console.print(parked_table(reasons))
     if replica is not None:

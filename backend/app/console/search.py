@@ -70,7 +70,9 @@ async def run(state: AppState, registry: EmbeddingRegistry, form: SearchForm) ->
     started = time.perf_counter()
     try:
         page = await (
-            _similar(state, entity, form) if form.similar else _query(state, registry, entity, form)
+            _similar(state, registry, entity, form)
+            if form.similar
+            else _query(state, registry, entity, form)
         )
     except PydanticValidationError as exc:
         view.error = "; ".join(
@@ -110,7 +112,9 @@ async def _query(
     return page
 
 
-async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.SearchPage:
+async def _similar(
+    state: AppState, registry: EmbeddingRegistry, entity: Entity, form: SearchForm
+) -> search.SearchPage:
     try:
         row_id = uuid.UUID(form.similar)
     except ValueError:
@@ -120,7 +124,13 @@ async def _similar(state: AppState, entity: Entity, form: SearchForm) -> search.
             tuning = search.SearchTuning.from_settings(state.settings)
             limit = max(1, min(form.limit, 100))
             page = await search.similar_to(
-                session, entity, row_id, limit=limit, threshold=None, tuning=tuning
+                session,
+                entity,
+                row_id,
+                limit=limit,
+                threshold=None,
+                tuning=tuning,
+                registry=registry,
             )
             await session.commit()
     return page

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # How long a task retries a database that went away (restart, failover) before it gives up.
     db_retry_seconds: float = Field(default=300.0, ge=0)
     query_cache_size: int = Field(default=1024, ge=0)
+    # How often a process looks whether providers or embedding spaces changed (a version row).
+    config_check_seconds: float = Field(default=2.0, ge=0)
 
     # Chat model for knowledge extraction; unset means the offline extractor.
     chat_model: str | None = None

@@ -88,9 +88,9 @@ class EmbeddingService:
         if dims != column_dimensions:
             raise DimensionMismatchError(
                 f"provider {self.provider.name!r} ({self.provider.model}) returns {dims}-dimensional "
-                f"vectors but the database column is vector({column_dimensions}). Fix: set "
-                f"EMBEDDING_DIMENSIONS={dims} and recreate the database (alembic downgrade base && "
-                f"alembic upgrade head), or configure a provider/model that returns "
+                f"vectors but the active embedding column holds {column_dimensions}. Fix: move "
+                f"to it online, keeping every row, with `tasktracker embeddings switch --provider "
+                f"{self.provider.name}`, or configure a provider/model that returns "
                 f"{column_dimensions} dimensions."
             )
 
@@ -254,8 +254,8 @@ class EmbeddingService:
         if vectors.shape[1] != expected:
             raise DimensionMismatchError(
                 f"{label} returned {vectors.shape[1]}-dimensional vectors, expected {expected}. "
-                "Fix: configure the model's real dimension (and a matching vector(N) column); "
-                "vectors are never padded or cut."
+                "Fix: configure the model's real dimension (another dimension is moved to "
+                "online with `tasktracker embeddings switch`); vectors are never padded or cut."
             )
         return vectors
 

@@ -39,7 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import is_transient_db_error
 from app.embedding.embedding_service import EmbeddingService, EmbedOutcome
-from app.embedding.entities import NEEDS_TEXT, Entity, needs_text_or_model
+from app.embedding.entities import Entity
+from app.models.embedding_space import SLOT_SUFFIX
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,13 +139,14 @@ async def driver_connection(conn: Any) -> Any:
 
 
 def _claimable(entity: Entity) -> str:
+    c = entity.cols
     return f"""
         SELECT id FROM {entity.table}
         WHERE id = ANY($1::uuid[])
-          AND {needs_text_or_model("$2")}
-          AND embedding_attempts < $3
-          AND (embedding_claimed_by IS NULL OR embedding_claimed_by = $4
-               OR embedding_claim_expires_at < now())
+          AND ({c.needs_text} OR {c.model} IS DISTINCT FROM $2)
+          AND {c.attempts} < $3
+          AND ({c.claimed_by} IS NULL OR {c.claimed_by} = $4
+               OR {c.claim_expires_at} < now())
         ORDER BY id
         FOR UPDATE SKIP LOCKED
     """
@@ -152,9 +154,10 @@ def _claimable(entity: Entity) -> str:
 
 def _claim_sql(entity: Entity) -> str:
     # One statement: its row locks end with it; the lease is what other workers respect.
+    c = entity.cols
     return f"""
         UPDATE {entity.table} AS t
-        SET embedding_claimed_by = $4, embedding_claim_expires_at = now() + make_interval(secs => $5)
+        SET {c.claimed_by} = $4, {c.claim_expires_at} = now() + make_interval(secs => $5)
         FROM ({_claimable(entity)}) AS c
         WHERE t.id = c.id
         RETURNING t.id, {entity.text_sql} AS text, t.content_hash
@@ -162,15 +165,17 @@ def _claim_sql(entity: Entity) -> str:
 
 
 def _fill_sql(entity: Entity) -> str:
-    # Any other row waiting for its text to be embedded (the partial pending index finds them):
-    # a backlog left by an outage drains a full batch per provider call, not a row per task.
+    # Any other row waiting for its text to be embedded in this slot (the partial pending index
+    # finds them): a backlog left by an outage drains a full batch per provider call, not a row
+    # per task.
+    c = entity.cols
     return f"""
         UPDATE {entity.table} AS t
-        SET embedding_claimed_by = $1, embedding_claim_expires_at = now() + make_interval(secs => $2)
+        SET {c.claimed_by} = $1, {c.claim_expires_at} = now() + make_interval(secs => $2)
         FROM (
             SELECT id FROM {entity.table}
-            WHERE {NEEDS_TEXT} AND embedding_attempts < $3
-              AND (embedding_claimed_by IS NULL OR embedding_claim_expires_at < now())
+            WHERE {c.needs_text} AND {c.attempts} < $3
+              AND ({c.claimed_by} IS NULL OR {c.claim_expires_at} < now())
             ORDER BY id
             LIMIT $4
             FOR UPDATE SKIP LOCKED
@@ -183,53 +188,73 @@ def _fill_sql(entity: Entity) -> str:
 def _busy_sql(entity: Entity) -> str:
     # Held by another process: a lease of this process is another task of it, which finishes
     # the rows or hands them back (see _embed_claimed).
+    c = entity.cols
     return f"""
         SELECT id FROM {entity.table}
-        WHERE id = ANY($1::uuid[]) AND NOT starts_with(embedding_claimed_by, $2)
-          AND embedding_claim_expires_at >= now()
-          AND {NEEDS_TEXT}
+        WHERE id = ANY($1::uuid[]) AND NOT starts_with({c.claimed_by}, $2)
+          AND {c.claim_expires_at} >= now()
+          AND {c.needs_text}
         ORDER BY id
     """
 
 
 def _renew_sql(entity: Entity) -> str:
+    c = entity.cols
     return f"""
         UPDATE {entity.table}
-        SET embedding_claim_expires_at = now() + make_interval(secs => $3)
-        WHERE id = ANY($1::uuid[]) AND embedding_claimed_by = $2
+        SET {c.claim_expires_at} = now() + make_interval(secs => $3)
+        WHERE id = ANY($1::uuid[]) AND {c.claimed_by} = $2
     """
 
 
 def _write_sql(entity: Entity) -> str:
+    c = entity.cols
     return f"""
         UPDATE {entity.table} AS t
-        SET embedding = v.embedding, embedding_model = $4, embedded_at = now(),
-            embedding_content_hash = v.hash, embedding_error = NULL, embedding_attempts = 0,
-            embedding_claimed_by = NULL, embedding_claim_expires_at = NULL
+        SET {c.vector} = v.embedding, {c.model} = $4, {c.embedded_at} = now(),
+            {c.hash} = v.hash, {c.error} = NULL, {c.attempts} = 0,
+            {c.claimed_by} = NULL, {c.claim_expires_at} = NULL
         FROM unnest($1::uuid[], $2::vector[], $3::text[]) AS v(id, embedding, hash)
-        WHERE t.id = v.id AND t.content_hash = v.hash AND t.embedding_claimed_by = $5
+        WHERE t.id = v.id AND t.content_hash = v.hash AND t.{c.claimed_by} = $5
     """
 
 
 def _fail_sql(entity: Entity) -> str:
+    c = entity.cols
     return f"""
         UPDATE {entity.table} AS t
-        SET embedding_error = v.error, embedding_attempts = t.embedding_attempts + 1,
-            embedding_claimed_by = NULL, embedding_claim_expires_at = NULL
+        SET {c.error} = v.error, {c.attempts} = t.{c.attempts} + 1,
+            {c.claimed_by} = NULL, {c.claim_expires_at} = NULL
         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, error, hash)
-        WHERE t.id = v.id AND t.content_hash = v.hash AND t.embedding_claimed_by = $4
+        WHERE t.id = v.id AND t.content_hash = v.hash AND t.{c.claimed_by} = $4
     """
 
 
 def _release_sql(entity: Entity, *, requeue: bool) -> str:
     # Rows released with `requeue` are off the queue: the sweeper takes them on its next pass.
-    queued = ", embedding_queued_at = NULL" if requeue else ""
+    c = entity.cols
+    queued = f", {c.queued_at} = NULL" if requeue else ""
     return f"""
         UPDATE {entity.table}
-        SET embedding_claimed_by = NULL, embedding_claim_expires_at = NULL{queued}
-        WHERE id = ANY($1::uuid[]) AND embedding_claimed_by = $2
+        SET {c.claimed_by} = NULL, {c.claim_expires_at} = NULL{queued}
+        WHERE id = ANY($1::uuid[]) AND {c.claimed_by} = $2
         RETURNING id
     """
+
+
+# Held for the statement's transaction: a cutover (which takes the row FOR UPDATE before it
+# renames columns) waits for it, so a statement never names the columns of a slot that moved.
+_SLOT_SQL = "SELECT state FROM embedding_spaces WHERE id = $1 FOR SHARE"
+
+
+async def _slotted(apg: Any, entity: Entity) -> Entity | None:
+    """The columns the entity's space holds now (None: the space was retired); in a transaction."""
+    if entity.space_id is None:
+        return entity
+    state = await apg.fetchval(_SLOT_SQL, entity.space_id)
+    if state is None or state not in SLOT_SUFFIX:
+        return None
+    return entity.slot(SLOT_SUFFIX[state], entity.space_id)
 
 
 def _affected(status: str) -> int:
@@ -246,9 +271,13 @@ async def _claim(
 ) -> list[Any]:
     async with engine.connect() as conn:
         apg = await driver_connection(conn)
-        rows: list[Any] = await apg.fetch(
-            _claim_sql(entity), list(ids), model, max_attempts, lease.owner, lease.seconds
-        )
+        async with apg.transaction():
+            slot = await _slotted(apg, entity)
+            if slot is None:
+                return []
+            rows: list[Any] = await apg.fetch(
+                _claim_sql(slot), list(ids), model, max_attempts, lease.owner, lease.seconds
+            )
     return sorted(rows, key=lambda row: row["id"])
 
 
@@ -258,9 +287,13 @@ async def _fill(
     """Claim up to `count` more rows that wait for an embedding (any ids)."""
     async with engine.connect() as conn:
         apg = await driver_connection(conn)
-        rows: list[Any] = await apg.fetch(
-            _fill_sql(entity), lease.owner, lease.seconds, max_attempts, count
-        )
+        async with apg.transaction():
+            slot = await _slotted(apg, entity)
+            if slot is None:
+                return []
+            rows: list[Any] = await apg.fetch(
+                _fill_sql(slot), lease.owner, lease.seconds, max_attempts, count
+            )
     return rows
 
 
@@ -269,7 +302,9 @@ async def _busy(
 ) -> list[uuid.UUID]:
     async with engine.connect() as conn:
         apg = await driver_connection(conn)
-        rows = await apg.fetch(_busy_sql(entity), list(ids), lease.process)
+        async with apg.transaction():
+            slot = await _slotted(apg, entity)
+            rows = [] if slot is None else await apg.fetch(_busy_sql(slot), list(ids), lease.process)
     return [row["id"] for row in rows]
 
 
@@ -284,7 +319,11 @@ async def release(
     """Give up the lease `owner` holds on these rows; returns the ids released."""
     async with engine.connect() as conn:
         apg = await driver_connection(conn)
-        released = await apg.fetch(_release_sql(entity, requeue=requeue), list(ids), owner)
+        async with apg.transaction():
+            slot = await _slotted(apg, entity)
+            if slot is None:
+                return []
+            released = await apg.fetch(_release_sql(slot, requeue=requeue), list(ids), owner)
     return [row["id"] for row in released]
 
 
@@ -306,7 +345,10 @@ async def _renewing(
                     await heartbeat()
                 async with engine.connect() as conn:
                     apg = await driver_connection(conn)
-                    await apg.execute(_renew_sql(entity), ids, lease.owner, lease.seconds)
+                    async with apg.transaction():
+                        slot = await _slotted(apg, entity)
+                        if slot is not None:
+                            await apg.execute(_renew_sql(slot), ids, lease.owner, lease.seconds)
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 logger.warning("could not renew a lease (%s: %s)", type(exc).__name__, exc)
 
@@ -341,6 +383,10 @@ async def _write(
     async with engine.connect() as conn:
         apg = await driver_connection(conn)
         async with apg.transaction():
+            slot = await _slotted(apg, entity)
+            if slot is None:  # the space was retired meanwhile (a rollback or finish)
+                return _Written(0, 0, [])
+            entity = slot
             if good:
                 status = await apg.execute(
                     _write_sql(entity),

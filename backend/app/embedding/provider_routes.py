@@ -54,6 +54,7 @@ async def create_provider(
         api_key=body.api_key.get_secret_value() if body.api_key else None,
         chat_model=body.chat_model,
         is_default=body.is_default,
+        settings=state.settings,
     )
     await session.commit()
     if body.is_default:
@@ -87,7 +88,7 @@ async def update_provider(
         changes["base_url"] = str(changes["base_url"]) if changes["base_url"] else None
         kind = ProviderType(row.type)
         await provider_service.check_destination(state.settings, kind, changes["base_url"])
-    await provider_service.update_provider(session, row, changes)
+    await provider_service.update_provider(session, row, changes, state.settings)
     await session.commit()
     await registry.forget(provider_id)
     await registry.forget(None)

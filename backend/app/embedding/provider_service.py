@@ -106,9 +106,9 @@ async def check_fits_column(session: AsyncSession, spec: ProviderSpec) -> None:
     if spec.dimensions != column:
         raise DimensionMismatchError(
             f"provider {spec.name!r} ({spec.model}) returns {spec.dimensions}-dimensional vectors "
-            f"but the database column is vector({column}). Fix: set EMBEDDING_DIMENSIONS="
-            f"{spec.dimensions} and recreate the database (alembic downgrade base && alembic "
-            f"upgrade head), or configure a provider/model that returns {column} dimensions."
+            f"but the active embedding column holds {column}. Fix: move to it online, keeping "
+            f"every row, with `tasktracker embeddings switch --provider {spec.name}`, or "
+            f"configure a provider/model that returns {column} dimensions."
         )
 
 
@@ -137,12 +137,15 @@ async def create_provider(
     api_key: str | None = None,
     chat_model: str | None = None,
     is_default: bool = False,
+    settings: Settings | None = None,
 ) -> LLMProvider:
     """Store a provider; its API key is encrypted before it reaches the database."""
+    check_native_dimensions(type, embedding_dimensions)
     exists = await session.execute(select(col(LLMProvider.id)).where(col(LLMProvider.name) == name))
     if exists.first() is not None:
         raise ConflictError(f"a provider named {name!r} already exists")
     if is_default:
+        await check_default_fits(session, name, embedding_model, embedding_dimensions, settings)
         await session.execute(text(DEFAULT_LOCK))
         await session.execute(update(LLMProvider).values(is_default=False))
     row = LLMProvider(
@@ -157,14 +160,115 @@ async def create_provider(
     )
     session.add(row)
     await session.flush()
+    if is_default:
+        await _spaces_follow(session, row)
     return row
 
 
+def check_native_dimensions(kind: ProviderType, dimensions: int) -> None:
+    """The local model has one dimension; claiming another could never be satisfied."""
+    native = DEFAULT_MODELS[ProviderType.local][1]
+    if kind is ProviderType.local and dimensions != native:
+        raise ValidationError(
+            f"embedding_dimensions: the local model returns {native}-dimensional vectors, "
+            f"not {dimensions}",
+            detail={"field": "embedding_dimensions"},
+        )
+
+
+SWITCH_FIX = "tasktracker embeddings switch --provider {name}` (or POST /api/v1/embeddings/switch)"
+
+
+async def check_default_fits(
+    session: AsyncSession, name: str, model: str, dims: int, settings: Settings | None = None
+) -> None:
+    """A default whose model or dimension differs from the active spaces would mix models:
+    refused (409) with the command that moves to it online."""
+    rows = (
+        await session.execute(
+            text(
+                "SELECT entity, model, dimensions, provider_id FROM embedding_spaces "
+                "WHERE state = 'active'"
+            )
+        )
+    ).all()
+    for entity, recorded, active_dims, provider_id in rows:
+        # a space seeded from the settings embeds with the model EMBEDDING_* name now
+        active_model = (
+            spec_from_settings(settings).model
+            if provider_id is None and settings is not None
+            else recorded
+        )
+        if (active_model, active_dims) != (model, dims):
+            raise ConflictError(
+                f"provider {name!r} ({model}, {dims} dims) is not the model of the active "
+                f"{entity} space ({active_model}, {active_dims} dims): making it the default "
+                "would mix two models' vectors. Fix: switch to it online with "
+                f"`{SWITCH_FIX.format(name=name)}; the cutover makes it the default"
+            )
+
+
+async def _spaces_follow(session: AsyncSession, row: LLMProvider) -> None:
+    """A new default of the active model: the active spaces are filled through it now."""
+    await session.execute(
+        text(
+            "UPDATE embedding_spaces SET provider_id = :id, provider_name = :name, "
+            "provider_type = :type, model = :model WHERE state = 'active' "
+            "AND (model = :model OR provider_id IS NULL) AND dimensions = :dims"
+        ),
+        {
+            "id": row.id,
+            "name": row.name,
+            "type": row.type,
+            "model": row.embedding_model,
+            "dims": row.embedding_dimensions,
+        },
+    )
+
+
+async def _check_in_use(session: AsyncSession, row: LLMProvider, changes: dict[str, Any]) -> None:
+    """A provider filling a space keeps its model and dimension (a switch moves to another)."""
+    moved = {
+        key
+        for key in ("embedding_model", "embedding_dimensions", "type")
+        if key in changes and changes[key] != getattr(row, key)
+    }
+    if not moved:
+        return
+    used = (
+        await session.execute(
+            text(
+                "SELECT state, entity FROM embedding_spaces WHERE provider_id = :id "
+                "AND state <> 'retired' LIMIT 1"
+            ),
+            {"id": row.id},
+        )
+    ).first()
+    if used is not None:
+        raise ConflictError(
+            f"provider {row.name!r} fills the {used.state} {used.entity} space: changing its "
+            f"{', '.join(sorted(moved))} would mix models in one column. Fix: create a provider "
+            f"with the new model and `{SWITCH_FIX.format(name='NEW')}"
+        )
+
+
 async def update_provider(
-    session: AsyncSession, row: LLMProvider, changes: dict[str, Any]
+    session: AsyncSession,
+    row: LLMProvider,
+    changes: dict[str, Any],
+    settings: Settings | None = None,
 ) -> LLMProvider:
     """Apply a PATCH. A new host without a new key drops the stored key: the key was given for
     the old host, and sending it anywhere else would let it be read out."""
+    await _check_in_use(session, row, changes)
+    kind = ProviderType(changes.get("type", row.type))
+    check_native_dimensions(
+        kind, int(changes.get("embedding_dimensions", row.embedding_dimensions))
+    )
+    if changes.get("is_default"):
+        model = changes.get("embedding_model", row.embedding_model)
+        dims = int(changes.get("embedding_dimensions", row.embedding_dimensions))
+        await check_default_fits(session, row.name, model, dims, settings)
     if "api_key" in changes:
         key = changes.pop("api_key")
         row.api_key_encrypted = encrypt_secret(key) if key else None
@@ -175,6 +279,8 @@ async def update_provider(
     for name, value in changes.items():
         setattr(row, name, value)
     await session.flush()
+    if row.is_default:
+        await _spaces_follow(session, row)
     return row
 
 

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.embedding.entities import NEEDS_TEXT, Entity, needs_text_or_model
+from app.embedding.entities import Columns, Entity
+from app.embedding.spaces import SpaceBook
+from app.models.embedding_space import SLOT_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +30,14 @@ class PendingFilter:
     include_parked: bool = False
     max_attempts: int = 3
 
-    def where(self) -> str:
-        needs = NEEDS_TEXT
+    def where(self, entity: Entity | None = None) -> str:
+        """The condition on the slot's columns (default: the active slot)."""
+        c = entity.cols if entity is not None else Columns("")
+        needs = c.needs_text
         if self.model is not None:
-            needs = needs_text_or_model(":model")
+            needs = f"({c.needs_text} OR {c.model} IS DISTINCT FROM :model)"
         if not self.include_parked:
-            needs += " AND embedding_attempts < :max_attempts"
+            needs += f" AND {c.attempts} < :max_attempts"
         return needs
 
     def params(self) -> dict[str, object]:
@@ -43,7 +47,7 @@ class PendingFilter:
 async def count_pending(engine: AsyncEngine, entity: Entity, pending: PendingFilter) -> int:
     """How many rows of `entity` need an embedding."""
     async with engine.connect() as conn:
-        sql = f"SELECT count(*) FROM {entity.table} WHERE {pending.where()}"
+        sql = f"SELECT count(*) FROM {entity.table} WHERE {pending.where(entity)}"
         return int((await conn.execute(text(sql), pending.params())).scalar_one())
 
 
@@ -59,7 +63,7 @@ async def pending_pages(
 ) -> AsyncIterator[list[uuid.UUID]]:
     """Pages of ids needing embeddings, keyset-paginated by primary key (never OFFSET)."""
     sql = (
-        f"SELECT id FROM {entity.table} WHERE id > :after AND {pending.where()} "
+        f"SELECT id FROM {entity.table} WHERE id > :after AND {pending.where(entity)} "
         f"AND {extra_where} ORDER BY id LIMIT :page"
     )
     after = uuid.UUID(int=0)
@@ -81,7 +85,8 @@ async def needing_embedding(
 ) -> list[uuid.UUID]:
     """The ids among `ids` whose rows have no current embedding."""
     async with engine.connect() as conn:
-        sql = f"SELECT id FROM {entity.table} WHERE id = ANY(:ids) AND {NEEDS_TEXT} ORDER BY id"
+        needs = entity.cols.needs_text
+        sql = f"SELECT id FROM {entity.table} WHERE id = ANY(:ids) AND {needs} ORDER BY id"
         return list((await conn.execute(text(sql), {"ids": list(ids)})).scalars())
 
 
@@ -91,10 +96,36 @@ async def mark_queued(
     """Remember (or forget) that these rows are on the queue, so the sweeper leaves them alone."""
     value = "now()" if queued else "NULL"
     async with engine.begin() as conn:
+        slot = await current_slot(conn, entity)
+        if slot is None:
+            return
+        # Rows a worker holds (it is writing them) are skipped, not waited for: the mark only
+        # keeps the sweeper away, and waiting on rows another statement locks in another
+        # order is how two of them deadlock (a fill's marks against a worker's writes).
         await conn.execute(
-            text(f"UPDATE {entity.table} SET embedding_queued_at = {value} WHERE id = ANY(:ids)"),
+            text(
+                f"UPDATE {slot.table} AS t SET {slot.cols.queued_at} = {value} "
+                f"FROM (SELECT id FROM {slot.table} WHERE id = ANY(:ids) "
+                "FOR NO KEY UPDATE SKIP LOCKED) AS s WHERE t.id = s.id"
+            ),
             {"ids": list(ids)},
         )
+
+
+async def current_slot(conn: AsyncConnection, entity: Entity) -> Entity | None:
+    """The columns the entity's space holds now, locked for the transaction (a cutover waits):
+    a slot cached before a cutover would name columns that moved. None: the space is retired."""
+    if entity.space_id is None:
+        return entity
+    state = (
+        await conn.execute(
+            text("SELECT state FROM embedding_spaces WHERE id = :id FOR SHARE"),
+            {"id": entity.space_id},
+        )
+    ).scalar()
+    if state not in SLOT_SUFFIX:
+        return None
+    return entity.slot(SLOT_SUFFIX[state], entity.space_id)
 
 
 async def publish(
@@ -107,9 +138,52 @@ async def publish(
 ) -> tuple[int, list[uuid.UUID]]:
     """Publish ids in batches; return (published count, ids that could not be published).
 
+    An entity without a space is published for every space rows are embedded for now: the
+    active one and, while a switch runs, its target (each its own task, marked in its slot).
     A failed publish is logged with its ids and not raised: the rows stay pending and the
     sweeper publishes them later.
     """
+    if entity.space_id is None:
+        published, failed = 0, list[uuid.UUID]()
+        for slot in await writable_slots(engine, entity):
+            done, bad = await _publish_slot(engine, enqueue, slot, ids, batch_size=batch_size)
+            published, failed = max(published, done), failed + [i for i in bad if i not in failed]
+        return published, failed
+    return await _publish_slot(engine, enqueue, entity, ids, batch_size=batch_size)
+
+
+_book = SpaceBook()
+
+
+def forget_spaces() -> None:
+    """Read the spaces again on the next publish (this process just changed them)."""
+    _book.version = None
+
+
+async def writable_slots(engine: AsyncEngine, entity: Entity) -> list[Entity]:
+    """The slots of the spaces rows are embedded for (cached; see SpaceBook)."""
+    async with engine.connect() as conn:
+        spaces = await _book.writable(conn, entity.name)
+    return [space.slot for space in spaces] or [entity]
+
+
+async def slot_of(engine: AsyncEngine, entity: Entity, space_id: int | None) -> Entity | None:
+    """The slot of a space named by a task (None: that space is retired)."""
+    if space_id is None:
+        return entity
+    async with engine.connect() as conn:
+        space = await _book.by_id(conn, int(space_id))
+    return space.slot if space is not None else None
+
+
+async def _publish_slot(
+    engine: AsyncEngine,
+    enqueue: Enqueue,
+    entity: Entity,
+    ids: Sequence[uuid.UUID],
+    *,
+    batch_size: int,
+) -> tuple[int, list[uuid.UUID]]:
     published, failed = 0, []
     for start in range(0, len(ids), batch_size):
         batch = list(ids[start : start + batch_size])
@@ -147,30 +221,35 @@ async def sweep(
     """Publish rows that waited longer than the grace period and are not queued recently."""
     # Queued long ago or never, or held by a lease that expired (its worker died), and not
     # held by a live lease.
-    waited = (
-        "updated_at < now() - make_interval(secs => :grace) AND (embedding_queued_at IS NULL "
-        "OR embedding_queued_at < now() - make_interval(secs => :requeue) "
-        "OR embedding_claim_expires_at < now()) "
-        "AND (embedding_claimed_by IS NULL OR embedding_claim_expires_at < now())"
-    )
     params: dict[str, object] = {"grace": grace_seconds, "requeue": requeue_after_seconds}
     counts: dict[str, int] = {}
-    for entity in entities:
+    for base in entities:
         total = 0
-        pages = pending_pages(
-            engine,
-            entity,
-            PendingFilter(max_attempts=max_attempts),
-            page_size=batch_size,
-            limit=max_rows,
-            extra_where=waited,
-            extra_params=params,
-        )
-        async for ids in pages:
-            published, _ = await publish(engine, enqueue, entity, ids, batch_size=batch_size)
-            total += published
-        counts[entity.name] = total
+        for entity in await writable_slots(engine, base):
+            pages = pending_pages(
+                engine,
+                entity,
+                PendingFilter(max_attempts=max_attempts),
+                page_size=batch_size,
+                limit=max_rows,
+                extra_where=_waited(entity),
+                extra_params=params,
+            )
+            async for ids in pages:
+                published, _ = await publish(engine, enqueue, entity, ids, batch_size=batch_size)
+                total += published
+        counts[base.name] = total
     return counts
+
+
+def _waited(entity: Entity) -> str:
+    c = entity.cols
+    return (
+        f"updated_at < now() - make_interval(secs => :grace) AND ({c.queued_at} IS NULL "
+        f"OR {c.queued_at} < now() - make_interval(secs => :requeue) "
+        f"OR {c.claim_expires_at} < now()) "
+        f"AND ({c.claimed_by} IS NULL OR {c.claim_expires_at} < now())"
+    )
 
 
 async def park(
@@ -188,12 +267,16 @@ async def park(
     counts them with their reasons, and `backfill --retry-failed` takes them again.
     """
     async with engine.begin() as conn:
+        slot = await current_slot(conn, entity)
+        if slot is None:
+            return 0
+        c = slot.cols
         result = await conn.execute(
             text(
-                f"UPDATE {entity.table} SET embedding_error = :reason, "
-                "embedding_attempts = greatest(embedding_attempts, :max_attempts), "
-                "embedding_claimed_by = NULL, embedding_claim_expires_at = NULL, "
-                f"embedding_queued_at = NULL WHERE id = ANY(:ids) AND {NEEDS_TEXT}"
+                f"UPDATE {slot.table} SET {c.error} = :reason, "
+                f"{c.attempts} = greatest({c.attempts}, :max_attempts), "
+                f"{c.claimed_by} = NULL, {c.claim_expires_at} = NULL, "
+                f"{c.queued_at} = NULL WHERE id = ANY(:ids) AND {c.needs_text}"
             ),
             {"ids": list(ids), "reason": reason[:1000], "max_attempts": max_attempts},
         )

@@ -16,7 +16,7 @@ from app.embedding import provider_service
 from app.embedding import status as status_service
 from app.embedding.dependencies import RegistryDep
 from app.embedding.entities import ATOMS, MESSAGES, Entity
-from app.embedding.jobs import DbRetry, embed_rows
+from app.embedding.jobs import DbRetry, EmbedStats, embed_rows
 from app.embedding.queue import PendingFilter, needing_embedding, pending_pages, publish
 from app.embedding.schemas import (
     EmbeddingStatus,
@@ -24,7 +24,9 @@ from app.embedding.schemas import (
     EnqueueRequest,
     EnqueueResponse,
     ProviderInfo,
+    SpaceOut,
 )
+from app.embedding.spaces import space_for_provider
 from app.embedding.tasks import enqueuer
 from app.models.api_token import TokenScope
 
@@ -55,7 +57,11 @@ async def embedding_status(
         max_attempts=state.settings.embedding_max_attempts,
     )
     indexes = await status_service.index_states(session)
+    spaces = await status_service.space_coverage(
+        session, max_attempts=state.settings.embedding_max_attempts
+    )
     return EmbeddingStatus(
+        spaces=[SpaceOut.model_validate(space.as_dict()) for space in spaces],
         coverage=rows,
         indexes=indexes,
         provider=provider,
@@ -65,6 +71,7 @@ async def embedding_status(
 
 async def _enqueue(
     state: StateDep,
+    registry: RegistryDep,
     session: SessionDep,
     entity: Entity,
     body: EnqueueRequest,
@@ -74,11 +81,12 @@ async def _enqueue(
     if body.all_missing and not granted.covers(TokenScope.admin):
         raise forbidden(TokenScope.admin, granted)
     if body.provider_id is not None:
-        # Refused here (404 unknown, 422 inactive or not fitting the column), not queued to fail
-        # in the worker while the rows wait for the sweeper.
-        spec = await provider_service.resolve_spec(session, body.provider_id, state.settings)
-        await provider_service.check_fits_column(session, spec)
-    enqueue = enqueuer(str(body.provider_id) if body.provider_id else None)
+        # Refused here (404 unknown, 422 inactive or not the active or target space's
+        # provider), not queued to fail in the worker while the rows wait for the sweeper.
+        await provider_service.resolve_spec(session, body.provider_id, state.settings)
+        spaces = await registry.book.spaces(session)
+        entity = space_for_provider(spaces, entity.name, body.provider_id).slot
+    enqueue = enqueuer(None)
     batch = state.settings.task_batch_size
     queued = failed = skipped = 0
     if body.all_missing:
@@ -96,18 +104,26 @@ async def _enqueue(
 
 @router.post("/messages/batch", summary="Queue message embeddings")
 async def enqueue_messages(
-    granted: Granted, body: EnqueueRequest, state: StateDep, session: SessionDep
+    granted: Granted,
+    body: EnqueueRequest,
+    state: StateDep,
+    registry: RegistryDep,
+    session: SessionDep,
 ) -> EnqueueResponse:
     """Queue embedding tasks for the given message ids, or (admin) every message needing one."""
-    return await _enqueue(state, session, MESSAGES, body, granted)
+    return await _enqueue(state, registry, session, MESSAGES, body, granted)
 
 
 @router.post("/atoms/batch", summary="Queue atom embeddings")
 async def enqueue_atoms(
-    granted: Granted, body: EnqueueRequest, state: StateDep, session: SessionDep
+    granted: Granted,
+    body: EnqueueRequest,
+    state: StateDep,
+    registry: RegistryDep,
+    session: SessionDep,
 ) -> EnqueueResponse:
     """Queue embedding tasks for the given atom ids, or (admin) every atom needing one."""
-    return await _enqueue(state, session, ATOMS, body, granted)
+    return await _enqueue(state, registry, session, ATOMS, body, granted)
 
 
 async def _embed_now(
@@ -117,25 +133,29 @@ async def _embed_now(
     entity: Entity,
     row_id: uuid.UUID,
 ) -> EmbedNowResponse:
-    exists = await needing_embedding(state.engine, entity, [row_id])
-    entry = await registry.get(session)
-    await session.commit()
-    if not exists:
-        found = await session.execute(
-            text(f"SELECT 1 FROM {entity.table} WHERE id = :id"), {"id": row_id}
-        )
-        if found.first() is None:
-            raise NotFoundError(f"{entity.name[:-1]} {row_id} not found")
-    stats = await embed_rows(
-        state.engine,
-        entity,
-        [row_id],
-        entry.service,
-        model=entry.spec.model,
-        max_attempts=10**6,
-        retry=DbRetry(seconds=0),  # a request answers 503 at once rather than wait on Postgres
+    found = await session.execute(
+        text(f"SELECT 1 FROM {entity.table} WHERE id = :id"), {"id": row_id}
     )
-    return EmbedNowResponse(id=row_id, **stats.as_dict())
+    if found.first() is None:
+        raise NotFoundError(f"{entity.name[:-1]} {row_id} not found")
+    await registry.sync(session)
+    total = EmbedStats()
+    # Every space rows are embedded for: the active one, and a switch's target (or previous).
+    for space in await registry.book.writable(session, entity.name):
+        entry = await registry.for_space(session, space)
+        await session.commit()
+        stats = await embed_rows(
+            state.engine,
+            space.slot,
+            [row_id],
+            entry.service,
+            model=entry.spec.model,
+            max_attempts=10**6,
+            retry=DbRetry(seconds=0),  # a request answers 503 at once rather than wait
+        )
+        if space.state == "active":
+            total = stats
+    return EmbedNowResponse(id=row_id, **total.as_dict())
 
 
 @router.post(

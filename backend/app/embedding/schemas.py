@@ -46,11 +46,51 @@ class ProviderInfo(BaseModel):
     dimensions: int
 
 
+class SpaceOut(BaseModel):
+    """An embedding space: its model, column and index, and how far it is filled."""
+
+    id: int
+    entity: str
+    state: str
+    phase: str | None
+    provider: str
+    model: str
+    dimensions: int
+    storage: str
+    column: str
+    index: str
+    total: int
+    current: int
+    pending: int
+    parked: int
+    embedded_last_minute: int
+    coverage_pct: float
+    rows_per_second: float
+    eta_seconds: float | None = Field(description="At the last minute's rate; null: stalled.")
+
+
 class EmbeddingStatus(BaseModel):
     coverage: list[EntityCoverage]
     indexes: list[IndexState]
     provider: ProviderInfo | None
     provider_error: str | None = None
+    spaces: list[SpaceOut] = []
+
+
+class SwitchRequest(BaseModel):
+    provider: str = Field(min_length=1, max_length=200, description="The provider's name.")
+    storage: Literal["vector", "halfvec"] = "vector"
+
+
+class CutoverRequest(BaseModel):
+    force: bool = Field(
+        default=False, description="Below 100%: search then skips rows the new model lacks."
+    )
+
+
+class SwitchResponse(BaseModel):
+    message: str
+    spaces: list[SpaceOut]
 
 
 class ProviderCreate(BaseModel):

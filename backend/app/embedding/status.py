@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from pydantic import Field, computed_field
 from pydantic.dataclasses import dataclass
@@ -113,8 +113,15 @@ async def parked_reasons(
 
 async def index_states(session: AsyncSession) -> list[IndexState]:
     """Whether each expected HNSW index exists, is valid and ready, and has the right definition."""
+    from app.indexes.catalog import ACTIVE_STORAGE_SQL, SPACES_EXIST_SQL
+
+    storage: dict[str, str] = {}
+    if (await session.execute(text(SPACES_EXIST_SQL))).scalar():
+        rows = (await session.execute(text(ACTIVE_STORAGE_SQL))).scalars()
+        storage = dict(str(row).split(":", 1) for row in rows)
     states = []
-    for index in VECTOR_INDEXES:
+    for base in VECTOR_INDEXES:
+        index = replace(base, opclass=f"{storage.get(base.table, 'vector')}_cosine_ops")
         row = (await session.execute(text(index.state_sql))).first()
         if row is None:
             states.append(IndexState(index.name, index.table, False, False, False, False, None))
@@ -168,4 +175,87 @@ async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[Enti
         counts = {str(row.model): int(row.rows) for row in models}
         recent = sum(int(row.recent) for row in models)
         result.append(EntityProgress(entity, counts, recent, float(oldest)))
+    return result
+
+
+@dataclass(frozen=True)
+class SpaceCoverage:
+    """One embedding space of an entity: how far its column is filled, how fast, how long left."""
+
+    id: int
+    entity: str
+    state: str
+    phase: str | None
+    provider: str
+    model: str
+    dimensions: int
+    storage: str
+    column: str
+    index: str
+    total: int
+    current: int
+    pending: int
+    parked: int
+    embedded_last_minute: int
+
+    @property
+    def coverage_pct(self) -> float:
+        return 100.0 * self.current / self.total if self.total else 100.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded_last_minute / 60.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds to 100% at the last minute's rate (None: stalled with rows waiting)."""
+        if self.pending == 0:
+            return 0.0
+        return self.pending / self.rows_per_second if self.rows_per_second else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **asdict(self),
+            "coverage_pct": round(self.coverage_pct, 1),
+            "rows_per_second": round(self.rows_per_second, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+        }
+
+
+async def space_coverage(session: AsyncSession, *, max_attempts: int = 3) -> list[SpaceCoverage]:
+    """Every live embedding space with its coverage, rate and ETA."""
+    from app.embedding.spaces import load_spaces
+
+    result = []
+    for space in await load_spaces(session):
+        slot = space.slot
+        c = slot.cols
+        row = (
+            await session.execute(
+                text(
+                    f"SELECT count(*), count(*) FILTER (WHERE {c.vector} IS NOT NULL AND "
+                    f"{c.hash} = content_hash), "
+                    f"count(*) FILTER (WHERE {c.needs_text} AND {c.attempts} < :m), "
+                    f"count(*) FILTER (WHERE {c.needs_text} AND {c.attempts} >= :m), "
+                    f"count(*) FILTER (WHERE {c.embedded_at} > now() - interval '60 seconds') "
+                    f"FROM {slot.table}"
+                ),
+                {"m": max_attempts},
+            )
+        ).one()
+        result.append(
+            SpaceCoverage(
+                space.id,
+                space.entity,
+                space.state,
+                space.phase,
+                space.provider_name,
+                space.model,
+                space.dimensions,
+                space.storage,
+                space.column_name,
+                space.index_name,
+                *(int(value) for value in row),
+            )
+        )
     return result

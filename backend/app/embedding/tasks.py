@@ -32,7 +32,7 @@ from app.db import is_transient_db_error
 from app.embedding import runtime as runtime_module
 from app.embedding.entities import ATOMS, MESSAGES, Entity
 from app.embedding.jobs import DbRetry, Lease, embed_rows
-from app.embedding.queue import Enqueue, mark_queued, park
+from app.embedding.queue import Enqueue, mark_queued, park, slot_of
 from app.embedding.recovery import DATABASE, PROVIDER
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,11 @@ def _lease(settings: Settings) -> Lease:
 
 
 async def _embed_batch(
-    entity: Entity, ids: list[str], provider_id: str | None, context: Context | None
+    entity: Entity,
+    ids: list[str],
+    provider_id: str | None,
+    space_id: int | None,
+    context: Context | None,
 ) -> dict[str, int]:
     runtime = runtime_module.runtime
     settings, recovery = runtime.settings, runtime.recovery
@@ -70,7 +74,11 @@ async def _embed_batch(
     retry = _db_retry(runtime)
     row_ids = [uuid.UUID(i) for i in ids]
     try:
-        entry = await retry.run(lambda: runtime.embedding(provider_id))
+        resolved = await retry.run(lambda: runtime.for_task(entity, provider_id, space_id))
+        if resolved is None:  # its space was retired (rolled back or finished): nothing to do
+            return {"embedded": 0, "skipped": len(row_ids), "failed": 0}
+        space, entry = resolved
+        entity = space.slot
         stats = await embed_rows(
             runtime.engine,
             entity,
@@ -140,9 +148,12 @@ async def _failed(
 
 async def _give_back(message: TaskiqMessage) -> None:
     """Retries spent or not publishable: the sweeper takes the rows on its next pass."""
-    entity = TASK_ENTITIES[message.task_name]
+    engine = runtime_module.runtime.engine
+    entity = await slot_of(engine, TASK_ENTITIES[message.task_name], _space_id(message))
+    if entity is None:
+        return
     ids = [uuid.UUID(i) for i in message.args[0]] if message.args else []
-    await mark_queued(runtime_module.runtime.engine, entity, ids, queued=False)
+    await mark_queued(engine, entity, ids, queued=False)
     logger.warning("%d %s handed back to the sweeper", len(ids), entity.name)
 
 
@@ -150,20 +161,29 @@ async def _give_back(message: TaskiqMessage) -> None:
 async def embed_messages_batch_task(
     message_ids: list[str],
     provider_id: str | None = None,
+    space_id: int | None = None,
     context: TaskContext = None,
 ) -> dict[str, int]:
-    """Embed the messages among these ids that need it: {embedded, skipped, failed}."""
-    return await _embed_batch(MESSAGES, message_ids, provider_id, context)
+    """Embed the messages among these ids that need it, for one embedding space (default: the
+    active one): {embedded, skipped, failed}."""
+    return await _embed_batch(MESSAGES, message_ids, provider_id, space_id, context)
 
 
 @broker.task(task_name=ATOMS_TASK, retry_on_error=True)
 async def embed_atoms_batch_task(
     atom_ids: list[str],
     provider_id: str | None = None,
+    space_id: int | None = None,
     context: TaskContext = None,
 ) -> dict[str, int]:
-    """Embed the atoms among these ids that need it: {embedded, skipped, failed}."""
-    return await _embed_batch(ATOMS, atom_ids, provider_id, context)
+    """Embed the atoms among these ids that need it, for one embedding space (default: the
+    active one): {embedded, skipped, failed}."""
+    return await _embed_batch(ATOMS, atom_ids, provider_id, space_id, context)
+
+
+def _space_id(message: TaskiqMessage) -> int | None:
+    space = message.kwargs.get("space_id")
+    return int(space) if space is not None else None
 
 
 ProviderRetryMiddleware.on_give_up.update(dict.fromkeys(TASK_ENTITIES, _give_back))
@@ -172,19 +192,23 @@ ProviderRetryMiddleware.on_give_up.update(dict.fromkeys(TASK_ENTITIES, _give_bac
 async def park_exhausted(target: AsyncBroker, data: bytes, deliveries: int) -> None:
     """Park the rows of a message JetStream gave up on (its worker died or hung each time)."""
     message = target.formatter.loads(data)
-    entity = TASK_ENTITIES.get(message.task_name)
-    if entity is None or not message.args:
+    base = TASK_ENTITIES.get(message.task_name)
+    if base is None or not message.args:
+        return
+    runtime = runtime_module.runtime
+    entity = await slot_of(runtime.engine, base, _space_id(message))
+    if entity is None:
         return
     ids = [uuid.UUID(i) for i in message.args[0]]
     reason = f"the task never completed in {deliveries} deliveries (its worker died or hung)"
-    runtime = runtime_module.runtime
     max_attempts = runtime.settings.embedding_max_attempts
     parked = await park(runtime.engine, entity, ids, reason, max_attempts=max_attempts)
     logger.error("parked %d %s: %s", parked, entity.name, reason)
 
 
 def enqueuer(provider_id: str | None = None, target: AsyncBroker | None = None) -> Enqueue:
-    """An Enqueue for app.embedding.queue that publishes the batch tasks (to `target`)."""
+    """An Enqueue for app.embedding.queue that publishes the batch tasks (to `target`),
+    each for the embedding space of the slot it is given."""
     via = target or broker
 
     async def enqueue(entity: Entity, ids: list[uuid.UUID]) -> None:
@@ -193,6 +217,6 @@ def enqueuer(provider_id: str | None = None, target: AsyncBroker | None = None) 
         kicker: AsyncKicker[Any, Any] = AsyncKicker(
             task_name=task.task_name, broker=via, labels=dict(task.labels)
         )
-        await kicker.kiq([str(i) for i in ids], provider_id)
+        await kicker.kiq([str(i) for i in ids], provider_id, space_id=entity.space_id)
 
     return enqueue

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.urls import to_libpq_url
-from app.indexes.catalog import RESET_SESSION_SQL, VECTOR_INDEXES, VectorIndex
+from app.indexes.catalog import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
 from app.indexes.memory import MemoryPlan, format_size, human, plan_memory
 from app.indexes.progress import BuildReporter, ProgressWatcher, run_in_thread
 from app.models.base import HNSW_PARAMS
@@ -131,11 +131,22 @@ class IndexBuilder:
         """Every index valid and as defined: wrong ones dropped CONCURRENTLY, missing ones built."""
         self._session()
         try:
-            for index in VECTOR_INDEXES:
+            indexes = active_vector_indexes(self.execute)
+            for index in indexes:
                 self._drop_if_wrong(index)
-            for index in VECTOR_INDEXES:
+            for index in indexes:
                 if not self._exists(index):
                     self._build(index, index.create_statement(concurrently=True), "CONCURRENTLY")
+        finally:
+            self._reset()
+
+    def build_one(self, index: VectorIndex) -> None:
+        """`index` valid and as defined: a wrong or INVALID one dropped, a missing one built."""
+        self._session()
+        try:
+            self._drop_if_wrong(index)
+            if not self._exists(index):
+                self._build(index, index.create_statement(concurrently=True), "CONCURRENTLY")
         finally:
             self._reset()
 
@@ -180,7 +191,7 @@ class IndexBuilder:
         why = (
             "is INVALID (a build was interrupted or failed)"
             if not (valid and ready)
-            else "has another definition than m=16, ef_construction=64, vector_cosine_ops"
+            else f"has another definition than m=16, ef_construction=64, {index.opclass}"
         )
         self._drop(index, concurrently=True, why=f"{why}: dropping it CONCURRENTLY to build again")
 

@@ -7,7 +7,8 @@ what "a valid index with the right definition" means is written once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from app.models.base import HNSW_PARAMS
 
@@ -20,6 +21,7 @@ class VectorIndex:
     name: str
     table: str
     column: str = "embedding"
+    opclass: str = HNSW_OPCLASS  # halfvec_cosine_ops for a halfvec space
 
     @property
     def create_sql(self) -> str:
@@ -30,7 +32,7 @@ class VectorIndex:
         keyword = "CONCURRENTLY " if concurrently else ""
         return (
             f"CREATE INDEX {keyword}IF NOT EXISTS {self.name} ON {self.table} "
-            f"USING hnsw ({self.column} {HNSW_OPCLASS}) WITH ({params})"
+            f"USING hnsw ({self.column} {self.opclass}) WITH ({params})"
         )
 
     @property
@@ -78,7 +80,7 @@ class VectorIndex:
             f" AND i.indrelid = '{self.table}'::regclass AND i.indnatts = 1"
             f" AND i.indkey[0] = (SELECT attnum FROM pg_attribute"
             f" WHERE attrelid = '{self.table}'::regclass AND attname = '{self.column}')"
-            f" AND (SELECT opcname FROM pg_opclass WHERE oid = i.indclass[0]) = '{HNSW_OPCLASS}'"
+            f" AND (SELECT opcname FROM pg_opclass WHERE oid = i.indclass[0]) = '{self.opclass}'"
             f" AND c.reloptions @> ARRAY[{options}]"
             f" AND cardinality(c.reloptions) = {len(HNSW_PARAMS)}"
             f" AND i.indpred IS NULL"
@@ -139,6 +141,26 @@ VECTOR_INDEXES = (
     VectorIndex("messages_embedding_hnsw_idx", "messages"),
     VectorIndex("atoms_embedding_hnsw_idx", "atoms"),
 )
+
+# The storage type of each entity's active space (embedding_spaces, revision 0005), so the
+# repair after an upgrade checks a halfvec space's index against halfvec_cosine_ops.
+ACTIVE_STORAGE_SQL = (
+    "SELECT entity || ':' || storage FROM embedding_spaces WHERE state = 'active' "
+    "AND to_regclass('embedding_spaces') IS NOT NULL"
+)
+SPACES_EXIST_SQL = "SELECT to_regclass('embedding_spaces') IS NOT NULL"
+
+
+def active_vector_indexes(execute: Callable[[str], Sequence[Any]]) -> tuple[VectorIndex, ...]:
+    """VECTOR_INDEXES with the opclass of each entity's active space."""
+    if not execute(SPACES_EXIST_SQL)[0]:
+        return VECTOR_INDEXES
+    storage = dict(str(row).split(":", 1) for row in execute(ACTIVE_STORAGE_SQL))
+    return tuple(
+        replace(index, opclass=f"{storage.get(index.table, 'vector')}_cosine_ops")
+        for index in VECTOR_INDEXES
+    )
+
 
 VECTOR_VERSION_CHECK_SQL = f"""
 DO $$

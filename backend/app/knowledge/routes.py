@@ -11,7 +11,10 @@ from app.api.deps import SessionDep, StateDep, rate_limit
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup
 from app.auth.dependencies import AUTH_RESPONSES, WriteAccess
 from app.core.errors import ValidationError
+from app.embedding import provider_service
+from app.embedding.dependencies import RegistryDep
 from app.embedding.schemas import ExtractRequest, ExtractResponse
+from app.embedding.spaces import space_for_provider
 from app.knowledge import extraction_service
 from app.knowledge.tasks import extract_knowledge_from_messages_task
 
@@ -25,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 @router.post("/extract", status_code=status.HTTP_202_ACCEPTED, summary="Queue knowledge extraction")
-async def extract(body: ExtractRequest, state: StateDep, session: SessionDep) -> ExtractResponse:
+async def extract(
+    body: ExtractRequest, state: StateDep, registry: RegistryDep, session: SessionDep
+) -> ExtractResponse:
     """Queue extraction over the given messages (or every pending one), in windows.
 
     The messages queued are marked `processing` until their task is done or has failed, so a
@@ -33,6 +38,12 @@ async def extract(body: ExtractRequest, state: StateDep, session: SessionDep) ->
     EXTRACTION_REQUEUE_SECONDS counts as pending again)."""
     if not body.message_ids and not body.all_pending:
         raise ValidationError("give message_ids or set all_pending")
+    if body.provider_id is not None:
+        # Only the active or a switch's target provider: no third model's vectors in a column.
+        await provider_service.resolve_spec(session, body.provider_id, state.settings)
+        spaces = await registry.book.spaces(session)
+        for entity in ("messages", "atoms"):
+            space_for_provider(spaces, entity, body.provider_id)
     ids = list(dict.fromkeys(body.message_ids))
     await extraction_service.claim(session, ids)
     if body.all_pending:

@@ -34,6 +34,7 @@ router = APIRouter(
 def _response(query: str, page: search.SearchPage, started: float) -> SearchResponse:
     return SearchResponse(
         query=query,
+        embedding_model=page.model,
         mode=page.mode,
         limit=page.limit,
         offset=page.offset,
@@ -107,6 +108,7 @@ async def search_atoms(
 
 async def _similar(
     state: StateDep,
+    registry: RegistryDep,
     session: ReadSessionDep,
     entity: Entity,
     row_id: uuid.UUID,
@@ -117,7 +119,13 @@ async def _similar(
     with observe_search(entity.name, "similar"):
         tuning = search.SearchTuning.from_settings(state.settings)
         page = await search.similar_to(
-            session, entity, row_id, limit=limit, threshold=threshold, tuning=tuning
+            session,
+            entity,
+            row_id,
+            limit=limit,
+            threshold=threshold,
+            tuning=tuning,
+            registry=registry,
         )
     await session.commit()
     return _response(str(row_id), page, started)
@@ -133,21 +141,23 @@ Threshold = Annotated[
 async def similar_messages(
     message_id: uuid.UUID,
     state: StateDep,
+    registry: RegistryDep,
     session: ReadSessionDep,
     limit: Limit = 10,
     threshold: Threshold = None,
 ) -> SearchResponse:
     """Nearest messages to a stored message; a high threshold finds near-duplicates."""
-    return await _similar(state, session, MESSAGES, message_id, limit, threshold)
+    return await _similar(state, registry, session, MESSAGES, message_id, limit, threshold)
 
 
 @router.get("/atoms/{atom_id}/similar", summary="Atoms similar to an atom")
 async def similar_atoms(
     atom_id: uuid.UUID,
     state: StateDep,
+    registry: RegistryDep,
     session: ReadSessionDep,
     limit: Limit = 10,
     threshold: Threshold = None,
 ) -> SearchResponse:
     """Nearest atoms to a stored atom; a high threshold finds near-duplicates."""
-    return await _similar(state, session, ATOMS, atom_id, limit, threshold)
+    return await _similar(state, registry, session, ATOMS, atom_id, limit, threshold)

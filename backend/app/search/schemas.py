@@ -65,3 +65,6 @@ class SearchResponse(BaseModel):
     )
     ef_search: int
     took_ms: float
+    embedding_model: str | None = Field(
+        default=None, description="The model of the embedding space searched (every row's)."
+    )

@@ -21,15 +21,16 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-from pgvector import Vector
 from sqlalchemy import TextClause, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.config import Settings
-from app.core.errors import NotFoundError, ValidationError
+from app.core.errors import NotFoundError, ServiceUnavailableError, ValidationError
 from app.db import SEARCH_SETTINGS_INFO, search_settings
 from app.embedding.entities import ATOMS, MESSAGES, NEEDS_TEXT, Entity
 from app.embedding.registry import EmbeddingRegistry
+from app.embedding.spaces import Space
 
 RRF_K = 60
 MAX_DEPTH = 1000  # pgvector's ceiling for hnsw.ef_search; limit + offset stays within it
@@ -113,6 +114,7 @@ class SearchPage:
     offset: int
     ef_search: int
     not_embedded: int
+    model: str | None = None  # the model of the space searched: every row's and the query's
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,47 @@ def _nearest_sql(entity: Entity, where: str, depth: int) -> str:
 _WITHIN = "(CAST(:max_distance AS float8) IS NULL OR distance <= :max_distance)"
 
 
+def _bind(query: np.ndarray) -> np.ndarray:
+    """The query vector as a parameter: a float32 array, which pgvector's codecs encode as
+    whatever the column is (vector or halfvec), so one statement serves either storage."""
+    return np.asarray(query, dtype=np.float32)
+
+
+class SpaceMoved(Exception):  # noqa: N818 - a signal to retry, not an error to show
+    """The space the query was embedded for is no longer the active one (a cutover): embed the
+    query again with the active space's model and search again."""
+
+
+async def check_space(session: AsyncSession, entity: Entity, space_id: int) -> None:
+    """Raise SpaceMoved unless `space_id` is the entity's active space.
+
+    The statement names the entity's table, so it takes the table's lock before its snapshot,
+    and the lock is held to the end of the transaction: a cutover (which renames the table's
+    columns under an exclusive lock) either committed before this statement saw the spaces, or
+    waits until this search is done. The rest of the transaction reads one model's column.
+    """
+    sql = (
+        "SELECT EXISTS (SELECT 1 FROM embedding_spaces WHERE id = :space AND state = 'active') "
+        f"AND NOT EXISTS (SELECT 1 FROM {entity.table} WHERE false)"
+    )
+    try:
+        ok = (await session.execute(text(sql), {"space": space_id})).scalar()
+    except DBAPIError as exc:
+        _moved_if_replanned(exc)
+        raise
+    if not ok:
+        raise SpaceMoved
+
+
+def _moved_if_replanned(exc: DBAPIError) -> None:
+    """A statement prepared before a cutover whose result type changed (the vector column's
+    dimension or type): the driver dropped its cache; the caller searches again."""
+    if "cached statement plan is invalid" in str(exc) or "InvalidCachedStatement" in repr(
+        getattr(exc, "orig", exc)
+    ):
+        raise SpaceMoved from None
+
+
 async def vector_candidates(
     session: AsyncSession,
     entity: Entity,
@@ -218,7 +261,7 @@ async def vector_candidates(
     where, params = _where(entity, filters, exclude)
     sql = _nearest_sql(entity, where, depth)
     sql += f"SELECT id, distance FROM nearest WHERE {_WITHIN} ORDER BY distance"
-    params.update(q=Vector(np.asarray(query, dtype=np.float32)), max_distance=max_distance)
+    params.update(q=_bind(query), max_distance=max_distance)
     return [(row.id, float(row.distance)) for row in await session.execute(text(sql), params)]
 
 
@@ -264,7 +307,7 @@ async def _load_rows(
         f"SELECT {_COLUMNS[entity.name]}, CASE WHEN embedding IS NULL THEN NULL "
         f"ELSE 1 - (embedding <=> :q) END AS similarity FROM {entity.table} WHERE id = ANY(:ids)"
     )
-    params = {"ids": [h.id for h in hits], "q": Vector(np.asarray(query, dtype=np.float32))}
+    params = {"ids": [h.id for h in hits], "q": _bind(query)}
     rows = {row["id"]: dict(row) for row in (await session.execute(text(sql), params)).mappings()}
     for hit in hits:
         row = rows.get(hit.id, {})
@@ -315,7 +358,7 @@ async def vector_page(
 ) -> tuple[list[SearchHit], int]:
     """One vector-mode page, its rows loaded, and the not-embedded count: one statement."""
     where, params = _where(entity, filters, exclude)
-    params.update(q=Vector(np.asarray(query, dtype=np.float32)), max_distance=max_distance)
+    params.update(q=_bind(query), max_distance=max_distance)
     statement = _page_sql(entity, where, filters.sql(entity)[0], limit, offset)
     # On the connection: a text statement needs nothing of the ORM's execution path, which
     # costs about 0.15 ms a call (measured), a tenth of a small search.
@@ -356,7 +399,7 @@ async def explain_vector_page(
     await _tune(session, entity, tuning or SearchTuning(), limit + offset)
     where, params = _where(entity, filters, None)
     max_distance = None if threshold is None else 1.0 - threshold
-    params.update(q=Vector(np.asarray(query, dtype=np.float32)), max_distance=max_distance)
+    params.update(q=_bind(query), max_distance=max_distance)
     statement = _page_sql(entity, where, filters.sql(entity)[0], limit, offset)
     result = await (await session.connection()).execute(text(f"EXPLAIN {statement.text}"), params)
     return "\n".join(str(row[0]) for row in result)
@@ -375,12 +418,19 @@ async def search(
     mode: Mode = "vector",
     tuning: SearchTuning | None = None,
     exclude: uuid.UUID | None = None,
+    space_id: int | None = None,
 ) -> SearchPage:
-    """One page of results, nearest first (vector) or by reciprocal rank fusion (hybrid)."""
+    """One page of results, nearest first (vector) or by reciprocal rank fusion (hybrid).
+
+    With `space_id` (the space `query` was embedded for) the search reads that space's vectors
+    only, or raises SpaceMoved when it is not the active one any more.
+    """
     filters = filters or SearchFilters()
     tuning = tuning or SearchTuning()
     if limit + offset > MAX_DEPTH:
         raise ValidationError(f"limit + offset must be at most {MAX_DEPTH}")
+    if space_id is not None:
+        await check_space(session, entity, space_id)
     depth = limit + offset if mode == "vector" else min(max(4 * (limit + offset), 40), MAX_DEPTH)
     ef = await _tune(session, entity, tuning, depth)
     max_distance = None if threshold is None else 1.0 - threshold
@@ -426,7 +476,8 @@ async def embedding_of(session: AsyncSession, entity: Entity, row_id: uuid.UUID)
     if row.embedding is None:
         raise NotFoundError(f"{entity.name[:-1]} {row_id} has no embedding yet", status_code=409)
     vector = row.embedding
-    return vector.to_numpy() if isinstance(vector, Vector) else np.asarray(vector, dtype=np.float32)
+    to_numpy = getattr(vector, "to_numpy", None)  # pgvector's Vector or HalfVector
+    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
 ENTITY_BY_NAME = {"messages": MESSAGES, "atoms": ATOMS}
@@ -444,6 +495,18 @@ class TextQuery:
     mode: Mode = "vector"
 
 
+SPACE_RETRIES = 4
+
+
+async def _active_space(
+    session: AsyncSession, registry: EmbeddingRegistry, entity: Entity, *, fresh: bool
+) -> Space:
+    """The entity's active space (cached by config version; read again after a cutover)."""
+    if fresh:
+        await registry.book.refresh(session, force=True)
+    return await registry.book.active(session, entity.name)
+
+
 async def search_text(
     session: AsyncSession,
     registry: EmbeddingRegistry,
@@ -451,21 +514,32 @@ async def search_text(
     query: TextQuery,
     tuning: SearchTuning,
 ) -> SearchPage:
-    """Embed the query with the default provider's model, then one page of `search`."""
-    entry = await registry.get(session)
-    vector = await entry.service.embed_query(query.text)
-    return await search(
-        session,
-        entity,
-        vector,
-        query_text=query.text,
-        limit=query.limit,
-        offset=query.offset,
-        threshold=query.threshold,
-        filters=query.filters,
-        mode=query.mode,
-        tuning=tuning,
-    )
+    """Embed the query with the active space's model, then one page of `search` over that
+    space's vectors only; a cutover in between is seen and the query embedded again."""
+    for attempt in range(SPACE_RETRIES):
+        space = await _active_space(session, registry, entity, fresh=attempt > 0)
+        entry = await registry.for_space(session, space)
+        vector = await entry.service.embed_query(query.text)
+        try:
+            page = await search(
+                session,
+                entity,
+                vector,
+                query_text=query.text,
+                limit=query.limit,
+                offset=query.offset,
+                threshold=query.threshold,
+                filters=query.filters,
+                mode=query.mode,
+                tuning=tuning,
+                space_id=space.id,
+            )
+        except SpaceMoved:
+            await session.rollback()
+            continue
+        page.model = entry.spec.model
+        return page
+    raise ServiceUnavailableError("the embedding space kept changing; try again")
 
 
 async def similar_to(
@@ -476,9 +550,34 @@ async def similar_to(
     limit: int,
     threshold: float | None,
     tuning: SearchTuning,
+    registry: EmbeddingRegistry | None = None,
 ) -> SearchPage:
-    """The rows nearest to a stored row, the row itself left out."""
-    vector = await embedding_of(session, entity, row_id)
-    return await search(
-        session, entity, vector, limit=limit, threshold=threshold, tuning=tuning, exclude=row_id
-    )
+    """The rows nearest to a stored row, the row itself left out; with a registry, checked to
+    read the active space's vectors only (the row's and the others' of one model)."""
+    for attempt in range(SPACE_RETRIES):
+        model = None
+        try:
+            if registry is not None:
+                space = await _active_space(session, registry, entity, fresh=attempt > 0)
+                model = (await registry.for_space(session, space)).spec.model
+                await check_space(session, entity, space.id)
+            try:
+                vector = await embedding_of(session, entity, row_id)
+            except DBAPIError as exc:
+                _moved_if_replanned(exc)
+                raise
+            page = await search(
+                session,
+                entity,
+                vector,
+                limit=limit,
+                threshold=threshold,
+                tuning=tuning,
+                exclude=row_id,
+            )
+        except SpaceMoved:
+            await session.rollback()
+            continue
+        page.model = model
+        return page
+    raise ServiceUnavailableError("the embedding space kept changing; try again")
