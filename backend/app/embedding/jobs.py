@@ -304,7 +304,9 @@ async def _busy(
         apg = await driver_connection(conn)
         async with apg.transaction():
             slot = await _slotted(apg, entity)
-            rows = [] if slot is None else await apg.fetch(_busy_sql(slot), list(ids), lease.process)
+            rows = (
+                [] if slot is None else await apg.fetch(_busy_sql(slot), list(ids), lease.process)
+            )
     return [row["id"] for row in rows]
 
 
