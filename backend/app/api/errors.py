@@ -104,6 +104,15 @@ def _database_response(exc: DBAPIError) -> JSONResponse:
         or isinstance(cause, DATABASE_UNAVAILABLE)
     ):
         return _unavailable()
+    if isinstance(cause, STATEMENT_OUTDATED):
+        # A cached statement outlived a column type change (an embedding-model cutover renames
+        # columns): asyncpg drops the statement, so the same request succeeds when sent again.
+        logger.warning("a cached statement outlived a schema change: %s", type(cause).__name__)
+        return JSONResponse(
+            _body("the schema changed under this request (an embedding-model cutover); retry"),
+            status_code=503,
+            headers={"Retry-After": "0"},
+        )
     refused = _refused_by_database(cause)
     if refused is not None:
         return refused
@@ -111,6 +120,7 @@ def _database_response(exc: DBAPIError) -> JSONResponse:
     return JSONResponse(_body("database error"), status_code=500)
 
 
+STATEMENT_OUTDATED = (asyncpg.InvalidCachedStatementError, asyncpg.OutdatedSchemaCacheError)
 # The database went away or is restarting: the client should retry, not report a bug.
 DATABASE_UNAVAILABLE = (
     OSError,
