@@ -24,7 +24,6 @@ from app.embedding.schemas import (
     EnqueueRequest,
     EnqueueResponse,
     ProviderInfo,
-    SpaceOut,
 )
 from app.embedding.spaces import space_for_provider
 from app.embedding.tasks import enqueuer
@@ -61,7 +60,7 @@ async def embedding_status(
         session, max_attempts=state.settings.embedding_max_attempts
     )
     return EmbeddingStatus(
-        spaces=[SpaceOut.model_validate(space.as_dict()) for space in spaces],
+        spaces=spaces,
         coverage=rows,
         indexes=indexes,
         provider=provider,

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from app.core.enums import ProviderType
-from app.embedding.status import EntityCoverage, IndexState
+from app.embedding.status import EntityCoverage, IndexState, SpaceCoverage
 from app.schemas.common import HeaderSecret, NoNul, Omittable
 
 
@@ -46,35 +46,12 @@ class ProviderInfo(BaseModel):
     dimensions: int
 
 
-class SpaceOut(BaseModel):
-    """An embedding space: its model, column and index, and how far it is filled."""
-
-    id: int
-    entity: str
-    state: str
-    phase: str | None
-    provider: str
-    model: str
-    dimensions: int
-    storage: str
-    column: str
-    index: str
-    total: int
-    current: int
-    pending: int
-    parked: int
-    embedded_last_minute: int
-    coverage_pct: float
-    rows_per_second: float
-    eta_seconds: float | None = Field(description="At the last minute's rate; null: stalled.")
-
-
 class EmbeddingStatus(BaseModel):
     coverage: list[EntityCoverage]
     indexes: list[IndexState]
     provider: ProviderInfo | None
     provider_error: str | None = None
-    spaces: list[SpaceOut] = []
+    spaces: list[SpaceCoverage] = []
 
 
 class SwitchRequest(BaseModel):
@@ -90,7 +67,7 @@ class CutoverRequest(BaseModel):
 
 class SwitchResponse(BaseModel):
     message: str
-    spaces: list[SpaceOut]
+    spaces: list[SpaceCoverage]
 
 
 class ProviderCreate(BaseModel):

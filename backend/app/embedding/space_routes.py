@@ -15,7 +15,8 @@ from app.embedding import switch as embedding_switch
 from app.embedding import switch_runner as embedding_switch_runner
 from app.embedding.dependencies import RegistryDep
 from app.embedding.queue import forget_spaces
-from app.embedding.schemas import CutoverRequest, SpaceOut, SwitchRequest, SwitchResponse
+from app.embedding.schemas import CutoverRequest, SwitchRequest, SwitchResponse
+from app.embedding.status import SpaceCoverage
 from app.embedding.tasks import enqueuer
 from app.indexes.progress import PlainReporter
 
@@ -23,20 +24,20 @@ router = APIRouter(prefix="/embeddings", tags=["embedding spaces"], responses=AU
 logger = logging.getLogger(__name__)
 
 
-async def _changed(state: StateDep, registry: RegistryDep) -> list[SpaceOut]:
+async def _changed(state: StateDep, registry: RegistryDep) -> list[SpaceCoverage]:
     """This process reads the spaces it just changed at once (others within seconds)."""
     forget_spaces()
     await registry.forget(None)
     return await _spaces(state.engine, state.settings)
 
 
-async def _spaces(engine: AsyncEngine, settings: Settings) -> list[SpaceOut]:
+async def _spaces(engine: AsyncEngine, settings: Settings) -> list[SpaceCoverage]:
     rows = await embedding_switch_runner.coverage(engine, settings)
-    return [SpaceOut.model_validate(row.as_dict()) for row in rows]
+    return rows
 
 
 @router.get("/spaces", summary="Embedding spaces", dependencies=[SearchAccess])
-async def list_spaces(state: StateDep) -> list[SpaceOut]:
+async def list_spaces(state: StateDep) -> list[SpaceCoverage]:
     """Each entity's active space, a switch's target and the previous one: coverage, rate, ETA."""
     return await _spaces(state.engine, state.settings)
 

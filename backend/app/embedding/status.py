@@ -180,7 +180,8 @@ async def progress(session: AsyncSession, *, max_attempts: int = 3) -> list[Enti
 
 @dataclass(frozen=True)
 class SpaceCoverage:
-    """One embedding space of an entity: how far its column is filled, how fast, how long left."""
+    """One embedding space of an entity: how far its column is filled, how fast, how long left;
+    also the item of the spaces routes' responses."""
 
     id: int
     entity: str
@@ -198,27 +199,31 @@ class SpaceCoverage:
     parked: int
     embedded_last_minute: int
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def coverage_pct(self) -> float:
-        return 100.0 * self.current / self.total if self.total else 100.0
+        return round(100.0 * self.current / self.total, 1) if self.total else 100.0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def rows_per_second(self) -> float:
-        return self.embedded_last_minute / 60.0
+        return round(self.embedded_last_minute / 60.0, 1)
 
+    @computed_field(description="At the last minute's rate; null: stalled.")  # type: ignore[prop-decorator]
     @property
     def eta_seconds(self) -> float | None:
         """Seconds to 100% at the last minute's rate (None: stalled with rows waiting)."""
         if self.pending == 0:
             return 0.0
-        return self.pending / self.rows_per_second if self.rows_per_second else None
+        rate = self.embedded_last_minute / 60.0
+        return round(self.pending / rate, 1) if rate else None
 
     def as_dict(self) -> dict[str, object]:
         return {
             **asdict(self),
-            "coverage_pct": round(self.coverage_pct, 1),
-            "rows_per_second": round(self.rows_per_second, 1),
-            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "coverage_pct": self.coverage_pct,
+            "rows_per_second": self.rows_per_second,
+            "eta_seconds": self.eta_seconds,
         }
 
 
