@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -502,7 +503,14 @@ async def test_a_pool_timeout_is_503_not_a_hang(settings_for: Callable[..., Sett
         assert (await api.client.get("/api/v1/messages", headers=headers)).status_code == 200
 
 
-EXTREME_MOMENTS = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+# Past the ends in UTC, and the ends themselves: asyncpg stores Python's first and last
+# microsecond as -infinity/infinity and reads them back naive, which broke ordering by sent_at.
+EXTREME_MOMENTS = [
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999Z",
+]
 
 
 @pytest.mark.parametrize("moment", EXTREME_MOMENTS)
@@ -518,10 +526,14 @@ async def test_datetimes_past_the_ends_of_time_are_422(api: Api, moment: str) ->
             "/api/v1/semantic_search/messages", json={"query": "deploy", field: moment}
         )
         refused(search, 422, f"body.{field}", "between 0001-01-01")
-    # The ends themselves, in UTC, are fine.
-    for fine in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2024-05-01T10:00:00"):
+    # A second inside either end, in UTC, is fine, and reads back as the same moment.
+    for fine in ("0001-01-01T00:00:01Z", "9999-12-31T23:59:59Z", "2024-05-01T10:00:00"):
         stored = await api.client.post("/api/v1/messages", json={**MESSAGE, "sent_at": fine})
         assert stored.status_code == 201, stored.text
+        read = await api.client.get(f"/api/v1/messages/{stored.json()['ids'][0]}")
+        assert datetime.fromisoformat(read.json()["sent_at"]) == datetime.fromisoformat(
+            fine if fine[-1] == "Z" else fine + "Z"
+        )
 
 
 async def provider(api: Api, name: str = "p", **extra: Any) -> dict[str, Any]:

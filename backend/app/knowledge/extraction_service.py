@@ -69,10 +69,12 @@ WITH picked AS (
     ORDER BY sent_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m SET extraction_status = 'processing', updated_at = now()
+    FROM picked WHERE m.id = picked.id
+    RETURNING m.id, m.sent_at
 )
-UPDATE messages m SET extraction_status = 'processing', updated_at = now()
-FROM picked WHERE m.id = picked.id
-RETURNING m.id, m.sent_at
+SELECT id FROM claimed ORDER BY sent_at, id
 """
 
 
@@ -83,7 +85,9 @@ async def claim_pending(
     rows = await session.execute(
         text(CLAIM_PENDING), {"limit": limit, "stale": float(stale_seconds)}
     )
-    return [row.id for row in sorted(rows, key=lambda row: (row.sent_at, row.id))]
+    # Ordered by the server: Python cannot order a naive datetime.max (asyncpg's 'infinity')
+    # against aware ones.
+    return [row.id for row in rows]
 
 
 async def claim(session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:

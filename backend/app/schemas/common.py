@@ -29,23 +29,31 @@ def _no_nul(value: str) -> str:
 NoNul = Annotated[str, AfterValidator(_no_nul)]
 
 
+# asyncpg writes Python's first and last microsecond as PostgreSQL's -infinity and infinity,
+# and reads those back as naive datetimes: the range keeps one second clear of either end.
+EARLIEST = datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+OUT_OF_RANGE = "must be between 0001-01-01T00:00:01Z and 9999-12-31T23:59:59Z in UTC"
+
+
 def _bounded_datetime(value: datetime) -> datetime:
     # Python's datetime ends at years 1 and 9999: an offset that crosses either end cannot be
     # turned into UTC (asyncpg's first step), so such a value is the client's error, not ours.
     aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     try:
-        return aware.astimezone(UTC)
+        utc = aware.astimezone(UTC)
     except OverflowError:
-        raise ValueError(
-            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in UTC"
-        ) from None
+        raise ValueError(OUT_OF_RANGE) from None
+    if not EARLIEST <= utc <= LATEST:
+        raise ValueError(OUT_OF_RANGE)
+    return utc
 
 
 # A moment that PostgreSQL and Python can both hold; without an offset it is taken as UTC.
 BoundedDatetime = Annotated[
     datetime,
     AfterValidator(_bounded_datetime),
-    Field(description="ISO 8601; between years 1 and 9999 in UTC; no offset means UTC."),
+    Field(description=f"ISO 8601; {OUT_OF_RANGE.removeprefix('must be ')}; no offset means UTC."),
 ]
 
 
