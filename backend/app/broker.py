@@ -408,6 +408,12 @@ class ProviderRetryMiddleware(SmartRetryMiddleware):
         )
 
 
+def kicker(task: Any, via: AsyncBroker) -> AsyncKicker[Any, Any]:
+    """Kick `task` (registered on the worker's broker) through `via`, an app's own client; the
+    task's labels (retry_on_error among them) travel with the message."""
+    return AsyncKicker(task_name=task.task_name, broker=via, labels=dict(task.labels))
+
+
 async def worker_seen(target: AsyncBroker | None = None) -> bool:
     """Whether a worker is pulling from the durable consumer right now."""
     target = target or broker

@@ -11,16 +11,14 @@ created, with the links Schemathesis infers from the responses).
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -28,12 +26,11 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.auth import token_service
-from app.core.embedded import free_port
 from app.core.urls import to_asyncpg_url
 from app.main import create_app
 from app.models.api_token import TokenScope
 from testkit.stubs.openai_stub import OpenAIStub
-from tests.apps import stub_settings
+from tests.apps import Served, served, stub_settings
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +94,10 @@ def admitted(_ctx: Any, response: Any, case: Any) -> bool:
 
 CHECKS = [not_a_server_error, response_schema_conformance, admitted]
 LIVE_DB: list[str] = []  # the live API's database
+LIVE: list[Served] = []  # the live API
+# No request of the API takes this long; one that does fails its test with the server's stacks
+# instead of stalling the run until the pytest timeout.
+REQUEST_TIMEOUT = 60.0
 
 
 def forget_providers() -> None:
@@ -144,18 +145,9 @@ def live_api(make_db: Callable[[], str], nats_url: str) -> Iterator[tuple[str, d
             embedding_max_retries=0,
             embedding_timeout_seconds=2.0,
         )
-        app = create_app(settings)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", headers
-        server.should_exit = True
-        thread.join(10)
+        with served(create_app(settings)) as live:
+            LIVE.append(live)
+            yield live.url, headers
 
 
 def load_schema(base_url: str, headers: dict[str, str]) -> Any:
@@ -166,11 +158,6 @@ def load_schema(base_url: str, headers: dict[str, str]) -> Any:
     return schema
 
 
-@pytest.mark.skip(
-    reason="KNOWN DEFECT, open: since the session-4 merges (model switch, NATS cluster) a fuzzed "
-    "POST /api/v1/messages/batch can hang inside the API (event loop idle, no query in Postgres) "
-    "and stalls the run; to be diagnosed (see the closing note of stop 26)"
-)
 @pytest.mark.usefixtures("edge_date_times")
 def test_no_server_errors_and_schema_conformance(live_api: tuple[str, dict[str, str]]) -> None:
     base_url, headers = live_api
@@ -187,11 +174,14 @@ def test_no_server_errors_and_schema_conformance(live_api: tuple[str, dict[str, 
             max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
         )
         def check(case: Any) -> None:
-            case.call_and_validate(
-                base_url=base_url,
-                headers=headers,
-                checks=CHECKS,
-            )
+            try:
+                case.call_and_validate(
+                    base_url=base_url, headers=headers, checks=CHECKS, timeout=REQUEST_TIMEOUT
+                )
+            except (requests.Timeout, TimeoutError):
+                pytest.fail(
+                    f"{case.method} {case.formatted_path} did not answer:\n{LIVE[-1].tasks()}"
+                )
 
         try:
             check()

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from taskiq import AsyncBroker
 
 from app.api.limits import RateLimiter
-from app.broker import broker
+from app.broker import build_broker
 from app.core.config import Settings
 from app.db import create_engine, session_factory
 from app.replica import ReadRouter
@@ -27,7 +27,10 @@ class AppState:
         self.engine: AsyncEngine = engine or create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         self.reads = ReadRouter(settings, self.sessions)
-        self.broker: AsyncBroker = broker
+        # A client of its own, on this app's NATS_URL and stream: the process-wide broker is the
+        # worker's. Shared by every app of a process (the tests' many), a client left connected
+        # on a closed event loop made each publish of the next app wait out its retries.
+        self.broker: AsyncBroker = build_broker(settings)
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.limiter = RateLimiter.from_settings(settings)
         self.broker_ready = False

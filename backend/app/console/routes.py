@@ -191,7 +191,11 @@ async def retry_submit(request: Request) -> Response:
         except ValueError:
             return _error(request, operator, 422, "Bad request", "id: not a valid id")
     reset, queued = await retry_rows(
-        state.engine, enqueuer(None), entity, ids, batch_size=state.settings.task_batch_size
+        state.engine,
+        enqueuer(None, state.broker),
+        entity,
+        ids,
+        batch_size=state.settings.task_batch_size,
     )
     query = urlencode({"retried": reset, "queued": queued})
     return RedirectResponse(f"/console?{query}#failed", status_code=303)

@@ -152,18 +152,25 @@ async def publish(
     return await _publish_slot(engine, enqueue, entity, ids, batch_size=batch_size)
 
 
-_book = SpaceBook()
+# One book per database: a process may serve several (the tests do), and two databases at the
+# same config version would otherwise share one cached list of spaces.
+_books: dict[str, SpaceBook] = {}
+
+
+def _book(engine: AsyncEngine) -> SpaceBook:
+    return _books.setdefault(engine.url.render_as_string(hide_password=True), SpaceBook())
 
 
 def forget_spaces() -> None:
     """Read the spaces again on the next publish (this process just changed them)."""
-    _book.version = None
+    for book in _books.values():
+        book.version = None
 
 
 async def writable_slots(engine: AsyncEngine, entity: Entity) -> list[Entity]:
     """The slots of the spaces rows are embedded for (cached; see SpaceBook)."""
     async with engine.connect() as conn:
-        spaces = await _book.writable(conn, entity.name)
+        spaces = await _book(engine).writable(conn, entity.name)
     return [space.slot for space in spaces] or [entity]
 
 
@@ -172,7 +179,7 @@ async def slot_of(engine: AsyncEngine, entity: Entity, space_id: int | None) -> 
     if space_id is None:
         return entity
     async with engine.connect() as conn:
-        space = await _book.by_id(conn, int(space_id))
+        space = await _book(engine).by_id(conn, int(space_id))
     return space.slot if space is not None else None
 
 
@@ -184,9 +191,14 @@ async def _publish_slot(
     *,
     batch_size: int,
 ) -> tuple[int, list[uuid.UUID]]:
-    published, failed = 0, []
+    published, failed = 0, list[uuid.UUID]()
     for start in range(0, len(ids), batch_size):
         batch = list(ids[start : start + batch_size])
+        if failed:
+            # The broker already failed this call (after its own retries): the rest waits for
+            # the sweeper at once, rather than each batch waiting out the same retries.
+            failed.extend(batch)
+            continue
         # Marked before publishing, so the mark never lands after a worker embedded the rows.
         await mark_queued(engine, entity, batch)
         try:
@@ -194,11 +206,11 @@ async def _publish_slot(
         except Exception as exc:  # noqa: BLE001 - any broker failure leaves rows for the sweeper
             logger.warning(
                 "could not enqueue %d %s for embedding (%s: %s); the sweeper will pick them up: %s",
-                len(batch),
+                len(ids) - start,
                 entity.name,
                 type(exc).__name__,
                 exc,
-                ", ".join(str(i) for i in batch),
+                ", ".join(str(i) for i in ids[start:]),
             )
             failed.extend(batch)
             await mark_queued(engine, entity, batch, queued=False)
@@ -236,8 +248,12 @@ async def sweep(
                 extra_params=params,
             )
             async for ids in pages:
-                published, _ = await publish(engine, enqueue, entity, ids, batch_size=batch_size)
+                published, failed = await publish(
+                    engine, enqueue, entity, ids, batch_size=batch_size
+                )
                 total += published
+                if failed:  # the broker is failing: the next round (or its wake-up) goes on
+                    break
         counts[base.name] = total
     return counts
 

@@ -85,7 +85,7 @@ async def _enqueue(
         await provider_service.resolve_spec(session, body.provider_id, state.settings)
         spaces = await registry.book.spaces(session)
         entity = space_for_provider(spaces, entity.name, body.provider_id).slot
-    enqueue = enqueuer(None)
+    enqueue = enqueuer(None, state.broker)
     batch = state.settings.task_batch_size
     queued = failed = skipped = 0
     if body.all_missing:
@@ -93,6 +93,8 @@ async def _enqueue(
         async for ids in pending_pages(state.engine, entity, pending, page_size=batch):
             done, bad = await publish(state.engine, enqueue, entity, ids, batch_size=batch)
             queued, failed = queued + done, failed + len(bad)
+            if bad:  # the broker is failing: the other pages wait for the sweeper
+                break
     if body.ids:
         todo = await needing_embedding(state.engine, entity, body.ids)
         skipped += len(set(body.ids)) - len(todo)

@@ -56,7 +56,7 @@ async def switch(body: SwitchRequest, state: StateDep, registry: RegistryDep) ->
             conn, state.settings, body.provider, body.storage
         )
     spaces, queued = await embedding_switch_runner.begin(
-        state.engine, state.settings, target, enqueuer(None)
+        state.engine, state.settings, target, enqueuer(None, state.broker)
     )
     message = f"switch to {spaces[0].describe()}: queued " + ", ".join(
         f"{name} {count}" for name, count in queued.items()

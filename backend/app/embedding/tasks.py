@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import uuid
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
-from taskiq.kicker import AsyncKicker
 from taskiq.message import TaskiqMessage
 
-from app.broker import Delivery, ProviderRetryMiddleware, broker, current_delivery
+from app.broker import Delivery, ProviderRetryMiddleware, broker, current_delivery, kicker
 from app.core.config import Settings
 from app.core.errors import AppError, EmbeddingProviderError
 from app.db import is_transient_db_error
@@ -213,10 +212,6 @@ def enqueuer(provider_id: str | None = None, target: AsyncBroker | None = None) 
 
     async def enqueue(entity: Entity, ids: list[uuid.UUID]) -> None:
         task = embed_messages_batch_task if entity.name == "messages" else embed_atoms_batch_task
-        # The task's own labels travel with the message (retry_on_error among them).
-        kicker: AsyncKicker[Any, Any] = AsyncKicker(
-            task_name=task.task_name, broker=via, labels=dict(task.labels)
-        )
-        await kicker.kiq([str(i) for i in ids], provider_id, space_id=entity.space_id)
+        await kicker(task, via).kiq([str(i) for i in ids], provider_id, space_id=entity.space_id)
 
     return enqueue

@@ -6,10 +6,12 @@ import logging
 import uuid
 
 from fastapi import APIRouter, status
+from taskiq import AsyncBroker
 
 from app.api.deps import SessionDep, StateDep, rate_limit
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup
 from app.auth.dependencies import AUTH_RESPONSES, WriteAccess
+from app.broker import kicker
 from app.core.errors import ValidationError
 from app.embedding import provider_service
 from app.embedding.dependencies import RegistryDep
@@ -54,7 +56,8 @@ async def extract(
         ids += [i for i in claimed if i not in given]
     await session.commit()  # the claims are visible before any task runs
     windows = [ids[i : i + body.window] for i in range(0, len(ids), body.window)]
-    queued = await _queue(windows, str(body.provider_id) if body.provider_id else None)
+    provider = str(body.provider_id) if body.provider_id else None
+    queued = await _queue(state.broker, windows, provider)
     if queued < len(windows):
         await extraction_service.release(session, [i for w in windows[queued:] for i in w])
         await session.commit()
@@ -62,11 +65,12 @@ async def extract(
     return ExtractResponse(messages=len(ids), tasks=len(windows), status="queued")
 
 
-async def _queue(windows: list[list[uuid.UUID]], provider: str | None) -> int:
+async def _queue(via: AsyncBroker, windows: list[list[uuid.UUID]], provider: str | None) -> int:
     """Publish one task per window; how many were published before the broker failed."""
+    task = kicker(extract_knowledge_from_messages_task, via)
     for done, window in enumerate(windows):
         try:
-            await extract_knowledge_from_messages_task.kiq([str(i) for i in window], provider)
+            await task.kiq([str(i) for i in window], provider)
         except Exception as exc:  # noqa: BLE001 - answer, do not crash, when the broker is down
             logger.warning("could not queue extraction: %s", exc)
             return done

@@ -38,7 +38,11 @@ async def _ingest(state: StateDep, session: SessionDep, items: list[MessageIn]) 
     ids = await message_service.create_messages(session, [item.model_dump() for item in items])
     await session.commit()  # visible before any worker looks for them
     _, failed = await publish(
-        state.engine, enqueuer(None), MESSAGES, ids, batch_size=state.settings.task_batch_size
+        state.engine,
+        enqueuer(None, state.broker),
+        MESSAGES,
+        ids,
+        batch_size=state.settings.task_batch_size,
     )
     return MessagesCreated(
         ids=ids,
@@ -102,5 +106,7 @@ async def update_message(
     )
     await session.commit()
     if content_changed:
-        await publish(state.engine, enqueuer(None), MESSAGES, [message_id], batch_size=1)
+        await publish(
+            state.engine, enqueuer(None, state.broker), MESSAGES, [message_id], batch_size=1
+        )
     return message_out(message)
