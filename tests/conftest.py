@@ -51,6 +51,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(own, ignore_errors=True)
 
 
+def pytest_unconfigure() -> None:
+    """Every process removes its own folder, the xdist controller's included: its DATA_DIR is the
+    one the workers inherit, and it runs no session fixture to clean it."""
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tmp_root() -> Iterator[Path]:
     yield _TMP
