@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import uuid
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -279,19 +281,52 @@ async def fill(
         waiting = (
             f"({c.queued_at} IS NULL OR {c.queued_at} < now() - make_interval(secs => :requeue))"
         )
-        total = 0
-        async for ids in pending_pages(
+        pages = pending_pages(
             engine,
             slot,
             PendingFilter(max_attempts=max_attempts),
             page_size=batch_size,
             extra_where=waiting,
             extra_params={"requeue": requeue_after_seconds},
-        ):
-            done, _ = await publish(engine, enqueue, slot, ids, batch_size=batch_size)
-            total += done
-        counts[space.entity] = total
+        )
+        counts[space.entity] = await _publish_pages(engine, enqueue, slot, pages, batch_size)
     return counts
+
+
+# Pages published at once by a fill: marking a page queued is the first update of its rows,
+# the one that moves them and enters them in the table's indexes (the rest are HOT), so one
+# publisher at a time kept the fill to what one Postgres backend does.
+FILL_PUBLISHERS = 3
+
+
+async def _publish_pages(
+    engine: AsyncEngine,
+    enqueue: Enqueue,
+    slot: Entity,
+    pages: AsyncIterator[list[uuid.UUID]],
+    batch_size: int,
+) -> int:
+    total = 0
+    running: set[asyncio.Task[tuple[int, list[uuid.UUID]]]] = set()
+
+    def settle(finished: set[asyncio.Task[tuple[int, list[uuid.UUID]]]]) -> int:
+        return sum(task.result()[0] for task in finished)
+
+    try:
+        async for ids in pages:
+            if len(running) >= FILL_PUBLISHERS:
+                finished, running = await asyncio.wait(running, return_when=FIRST_COMPLETED)
+                total += settle(finished)
+            running.add(
+                asyncio.create_task(publish(engine, enqueue, slot, ids, batch_size=batch_size))
+            )
+        if running:
+            finished, running = await asyncio.wait(running)
+            total += settle(finished)
+    finally:
+        for task in running:
+            task.cancel()
+    return total
 
 
 def target_index(space: Space) -> VectorIndex:
@@ -372,8 +407,11 @@ async def _ready(conn: AsyncConnection, target: Space, force: bool, max_attempts
     )
     if not await _index_valid(conn, target_index(target)) or pending.first() is None:
         raise ConflictError(
-            f"the {target.entity} target's HNSW or pending-work index is not built yet. Fix: `{CMD} switch "
-            f"--provider {target.provider_name} --wait` builds it once the fill is done"
+            f"the {target.entity} target's HNSW or pending-work index is not built yet (the "
+            f"API does not build indexes: minutes at size). Fix: `{CMD} switch --provider "
+            f"{target.provider_name} --wait` builds them once the fill is done (`{CMD} status` "
+            "shows the phase: indexing, then ready), or `tasktracker embeddings cutover` "
+            "builds them and cuts over"
         )
     left, parked = await missing(conn, target, max_attempts)
     if left and not force:
