@@ -29,6 +29,7 @@ from app.core.supervisor import Child, api_child, stop_all
 from app.db import session_factory
 from app.embedding.entities import ATOMS, MESSAGES
 from app.models.api_token import TokenScope
+from tests.conftest import alembic
 from tests.integration.conftest import Pipeline, insert_atoms, insert_messages
 
 pytestmark = pytest.mark.slow
@@ -112,6 +113,12 @@ async def create_large(api: Api, pipeline: Pipeline, name: str = "large") -> Non
         },
     )
     assert response.status_code == 201, response.text
+
+
+TARGET_COLUMNS_SQL = (
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = 'messages'::regclass "
+    "AND attname = 'embedding_content_hash_next' AND NOT attisdropped"
+)
 
 
 async def scalar(pipeline: Pipeline, sql: str) -> Any:
@@ -250,6 +257,90 @@ async def test_switch_under_ingest_and_search_never_mixes_models(
         )
 
 
+FILLFACTOR_SQL = (
+    "SELECT o FROM pg_class, unnest(reloptions) AS o WHERE relname = 'messages' "
+    "AND o LIKE 'fillfactor=%'"
+)
+HNSW_PAGES_SQL = "SELECT pg_relation_size('messages_embedding_hnsw_idx') / 8192"
+
+
+@pytest.mark.timeout(900)
+async def test_the_fill_updates_rows_without_touching_their_indexes(
+    pipeline: Pipeline, api: Api
+) -> None:
+    """A non-HOT update inserts the row into every index, the active HNSW index among them (the
+    fill ran at 245 rows/s for it): during the fill the target has no index and the table room
+    on its pages, so of a row's queued, claimed and written updates only the first moves it;
+    the indexes are built after the fill and the fillfactor is put back at the cutover."""
+    rows = 400
+    await seeded(pipeline, rows, 20)
+    await create_large(api, pipeline)
+    # autovacuum would let the index reuse the space of dead entries: not during this count
+    async with pipeline.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE messages SET (autovacuum_enabled = false)"))
+    pages_before = await scalar(pipeline, HNSW_PAGES_SQL)
+    code, out = await cli(pipeline, "switch", "--provider", "large")
+    assert code == 0, out
+    await pipeline.wait_for(
+        "SELECT count(*) = 0 FROM messages WHERE embedding_content_hash_next "
+        "IS DISTINCT FROM content_hash",
+        timeout=180,
+    )
+    assert not await scalar(
+        pipeline,
+        "SELECT string_agg(indexname, ', ') FROM pg_indexes WHERE tablename = 'messages' "
+        "AND indexdef LIKE '%\\_next%'",
+    )
+    assert await scalar(pipeline, FILLFACTOR_SQL) == "fillfactor=50"
+    # Each row is updated three times; each non-HOT update enters it in the HNSW index again:
+    # before, the index grew by two to three times its size.
+    grown = await scalar(pipeline, HNSW_PAGES_SQL) - pages_before
+    assert grown <= 1.5 * pages_before, (pages_before, grown)
+
+    code, out = await cli(pipeline, "switch", "--provider", "large", "--wait")
+    assert code == 0, out
+    for name in ("ix_messages_embedding_pending_next", "messages_embedding_next_hnsw_idx"):
+        valid = f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{name}'::regclass"
+        assert await scalar(pipeline, valid), name
+    code, out = await cli(pipeline, "cutover")
+    assert code == 0, out
+    assert await scalar(pipeline, FILLFACTOR_SQL) is None
+    assert await scalar(
+        pipeline,
+        "SELECT indisvalid FROM pg_index "
+        "WHERE indexrelid = 'ix_messages_embedding_pending'::regclass",
+    )
+
+
+@pytest.mark.timeout(900)
+async def test_the_api_cutover_answers_409_and_builds_no_index(
+    pipeline: Pipeline, api: Api
+) -> None:
+    """An index build is minutes at size: the cutover route never runs one in the request; it
+    answers 409 naming the command that builds it, and cuts over once it is built."""
+    await seeded(pipeline, 60, 10)
+    await create_large(api, pipeline)
+    started = await api.call("POST", "/embeddings/switch", json={"provider": "large"})
+    assert started.status_code == 202, started.text
+    await pipeline.wait_for(
+        "SELECT count(*) = 0 FROM messages WHERE embedding_content_hash_next "
+        "IS DISTINCT FROM content_hash",
+        timeout=180,
+    )
+    refused = await api.call("POST", "/embeddings/cutover", json={"force": True})
+    assert refused.status_code == 409, refused.text
+    assert "tasktracker embeddings switch --provider large --wait" in refused.text
+    for name in ("messages_embedding_next_hnsw_idx", "atoms_embedding_next_hnsw_idx"):
+        assert await scalar(pipeline, f"SELECT to_regclass('{name}')") is None, name
+    assert await scalar(pipeline, "SELECT vector_dims(embedding) FROM messages LIMIT 1") == 384
+
+    code, out = await cli(pipeline, "switch", "--provider", "large", "--wait")
+    assert code == 0, out
+    done = await api.call("POST", "/embeddings/cutover", json={})
+    assert done.status_code == 200, done.text
+    assert await scalar(pipeline, "SELECT vector_dims(embedding) FROM messages LIMIT 1") == 1536
+
+
 @pytest.mark.timeout(900)
 async def test_rollback_restores_the_old_vectors_and_a_second_switch_works(
     pipeline: Pipeline, api: Api
@@ -314,9 +405,9 @@ async def test_killed_worker_and_command_resume_without_embedding_twice(
     done_sql = "SELECT count(*) FROM messages WHERE embedding_content_hash_next = content_hash"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        if (
-            await scalar(pipeline, "SELECT to_regclass('ix_messages_embedding_pending_next')")
-        ) and (await scalar(pipeline, done_sql) or 0) >= 100:
+        if (await scalar(pipeline, TARGET_COLUMNS_SQL)) and (
+            await scalar(pipeline, done_sql) or 0
+        ) >= 100:
             break
         await asyncio.sleep(0.1)
     for worker in pipeline.workers:
@@ -495,3 +586,87 @@ async def test_routes_refuse_a_third_model_and_the_switch_is_admin_only(
 async def scalar_ids(pipeline: Pipeline) -> list[uuid.UUID]:
     async with pipeline.engine.connect() as conn:
         return list((await conn.execute(text("SELECT id FROM messages ORDER BY id"))).scalars())
+
+
+def downgrade_refused(pipeline: Pipeline, fix: str) -> None:
+    """`alembic downgrade 0004` exits 1 with one line naming `fix`, and touches nothing."""
+    result = alembic(pipeline.db_url, "downgrade", "0004", env=pipeline.env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot downgrade below 0005: "), result.stderr
+    assert fix in line, line
+    assert "Traceback" not in result.stderr
+    assert "0005 (head)" in alembic(pipeline.db_url, "current", env=pipeline.env).stdout
+
+
+@pytest.mark.timeout(900)
+async def test_alembic_downgrade_after_a_switch_keeps_the_active_vectors(
+    pipeline: Pipeline, api: Api
+) -> None:
+    """Mid-switch and cut over but not finished, `alembic downgrade` of 0005 refuses and names
+    what to run first; after `finish` it leaves 0004 the seed's columns and indexes holding
+    the active space's vectors, and `upgrade head` seeds the spaces from them again."""
+    await seeded(pipeline, 40, 10)
+    await create_large(api, pipeline)
+    code, out = await cli(pipeline, "switch", "--provider", "large")
+    assert code == 0, out
+    downgrade_refused(pipeline, "Fix: `tasktracker embeddings rollback` to abandon it")
+    code, out = await cli(pipeline, "switch", "--provider", "large", "--wait")
+    assert code == 0, out
+    code, out = await cli(pipeline, "cutover")
+    assert code == 0, out
+    downgrade_refused(pipeline, "Fix: `tasktracker embeddings finish` to keep the new model")
+    new_vectors = await scalar(
+        pipeline, "SELECT md5(string_agg(embedding::text, ',' ORDER BY id)) FROM messages"
+    )
+    code, out = await cli(pipeline, "finish")
+    assert code == 0, out
+    for worker in pipeline.workers:
+        worker.stop()
+
+    result = alembic(pipeline.db_url, "downgrade", "0004", env=pipeline.env)
+    assert result.returncode == 0, result.stderr
+    assert "0004" in alembic(pipeline.db_url, "current", env=pipeline.env).stdout
+    assert await scalar(pipeline, "SELECT to_regclass('embedding_spaces')") is None
+    for table in ("messages", "atoms"):
+        assert (
+            await scalar(
+                pipeline,
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                f"WHERE attrelid = '{table}'::regclass AND attname = 'embedding'",
+            )
+            == "vector(1536)"
+        )
+        assert not await scalar(
+            pipeline,
+            f"SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass "
+            "AND attname ~ '_(next|prev)$' AND NOT attisdropped",
+        )
+        assert (
+            await scalar(
+                pipeline,
+                f"SELECT count(*) FROM {table} WHERE embedding IS NULL "
+                "OR embedding_content_hash IS DISTINCT FROM content_hash",
+            )
+            == 0
+        )
+        assert await scalar(
+            pipeline,
+            "SELECT i.indisvalid AND o.opcname = 'vector_cosine_ops' FROM pg_index i "
+            "JOIN pg_opclass o ON o.oid = i.indclass[0] "
+            f"WHERE i.indexrelid = '{table}_embedding_hnsw_idx'::regclass",
+        )
+    assert new_vectors == await scalar(
+        pipeline, "SELECT md5(string_agg(embedding::text, ',' ORDER BY id)) FROM messages"
+    )
+
+    result = alembic(pipeline.db_url, "upgrade", "head", env=pipeline.env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        await scalar(
+            pipeline,
+            "SELECT string_agg(entity || ':' || dimensions || ':' || model, ',' ORDER BY entity) "
+            "FROM embedding_spaces WHERE state = 'active'",
+        )
+        == f"atoms:1536:{LARGE},messages:1536:{LARGE}"
+    )

@@ -84,6 +84,14 @@ def test_offline_sql_needs_no_database() -> None:
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_embedding_hnsw_idx" in result.stdout
 
 
+def test_offline_downgrade_of_the_spaces_checks_for_a_switch_first() -> None:
+    """`downgrade --sql` prints the guard before the drops: piped to psql mid-switch, it stops."""
+    result = alembic("postgresql://nobody@127.0.0.1:1/none", "downgrade", "0005:0004", "--sql")
+    assert result.returncode == 0, result.stderr
+    guard = result.stdout.index("cannot downgrade below 0005: an embedding switch is under way")
+    assert guard < result.stdout.index("DROP TABLE embedding_spaces")
+
+
 def _index_oids(postgres: PostgresForTests, database: str) -> dict[str, str]:
     out = postgres.psql(
         "SELECT c.relname || '=' || c.oid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "

@@ -12,6 +12,13 @@ that fills them: the default provider whose dimension fits, else the one the set
 `embedding_config.version` is raised by a statement trigger on llm_providers and
 embedding_spaces, so every process sees a provider or space change within seconds.
 Pure SQL, so `--sql` output works offline.
+
+The downgrade leaves revision 0004 what it expects: the seed's columns (`messages.embedding`,
+`atoms.embedding` and their HNSW indexes) holding the active space's vectors, as `vector`.
+That is so after a switch finished or rolled back; while one is under way (a target's `_next`
+columns) or cut over and not finished (the previous space's `_prev` columns), or when the active
+space is halfvec, it refuses before touching anything and names the command to run first: it
+never drops a space's vectors.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from alembic import op
+from alembic import context, op
 from app.core.config import get_settings
+from app.core.errors import ConfigurationError
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -129,7 +137,52 @@ def upgrade() -> None:
     op.execute(_seed_sql())
 
 
+CMD = "tasktracker embeddings"
+# Why the downgrade cannot run yet, and the fix (the first that applies).
+BLOCKERS = (
+    (
+        "EXISTS (SELECT 1 FROM embedding_spaces WHERE state = 'target') OR EXISTS (SELECT 1 "
+        "FROM pg_attribute WHERE attrelid IN ('messages'::regclass, 'atoms'::regclass) AND "
+        "attname LIKE 'embedding%\\_next' AND NOT attisdropped)",
+        "an embedding switch is under way (its target columns embedding_next would be "
+        f"dropped). Fix: `{CMD} rollback` to abandon it, or `{CMD} cutover` then `{CMD} "
+        "finish`; then downgrade",
+    ),
+    (
+        "EXISTS (SELECT 1 FROM embedding_spaces WHERE state = 'previous') OR EXISTS (SELECT 1 "
+        "FROM pg_attribute WHERE attrelid IN ('messages'::regclass, 'atoms'::regclass) AND "
+        "attname LIKE 'embedding%\\_prev' AND NOT attisdropped)",
+        "an embedding switch was cut over and not finished (the previous space's columns "
+        f"embedding_prev would be dropped). Fix: `{CMD} finish` to keep the new model, or "
+        f"`{CMD} rollback` to go back to the old one; then downgrade",
+    ),
+    (
+        "EXISTS (SELECT 1 FROM embedding_spaces WHERE state = 'active' AND storage <> 'vector')",
+        "the active embedding space stores halfvec, which revision 0004 does not know. Fix: "
+        f"`{CMD} switch --provider NAME --storage vector --wait`, `{CMD} cutover`, "
+        f"`{CMD} finish`; then downgrade",
+    ),
+)
+
+
+def _refuse_if_blocked() -> None:
+    """Online: one line naming the fix (alembic's env prints it). With --sql: the same check
+    as a statement that raises, so the printed script stops there too."""
+    if context.is_offline_mode():
+        for condition, message in BLOCKERS:
+            op.execute(
+                f"DO $$ BEGIN IF {condition} THEN RAISE EXCEPTION '%', "
+                f"{_literal('cannot downgrade below 0005: ' + message)}; END IF; END $$"
+            )
+        return
+    bind = op.get_bind()
+    for condition, message in BLOCKERS:
+        if bind.execute(sa.text(f"SELECT {condition}")).scalar():
+            raise ConfigurationError(f"cannot downgrade below 0005: {message}")
+
+
 def downgrade() -> None:
+    _refuse_if_blocked()
     for table in TRIGGERED:
         op.execute(f"DROP TRIGGER IF EXISTS tt_{table}_config_version ON {table}")
     op.execute("DROP FUNCTION IF EXISTS tt_bump_embedding_config()")

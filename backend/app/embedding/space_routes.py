@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from fastapi import APIRouter, status
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +17,6 @@ from app.embedding.queue import forget_spaces
 from app.embedding.schemas import CutoverRequest, SwitchRequest, SwitchResponse
 from app.embedding.status import SpaceCoverage
 from app.embedding.tasks import enqueuer
-from app.indexes.progress import PlainReporter
 
 router = APIRouter(prefix="/embeddings", tags=["embedding spaces"], responses=AUTH_RESPONSES)
 logger = logging.getLogger(__name__)
@@ -64,12 +62,17 @@ async def switch(body: SwitchRequest, state: StateDep, registry: RegistryDep) ->
     return SwitchResponse(message=message, spaces=await _changed(state, registry))
 
 
-@router.post("/cutover", summary="Make the target the active space", dependencies=[AdminAccess])
+@router.post(
+    "/cutover",
+    summary="Make the target the active space",
+    dependencies=[AdminAccess],
+    responses={409: {"description": "No switch, the target's indexes not built, or rows left"}},
+)
 async def cutover(body: CutoverRequest, state: StateDep, registry: RegistryDep) -> SwitchResponse:
-    """Builds the target's HNSW index if missing (CONCURRENTLY), then renames the columns in one
-    short transaction. 409 below 100% coverage unless `force`."""
-    reporter = PlainReporter(sys.stderr)
-    await embedding_switch_runner.index_targets(state.engine, state.settings, reporter)
+    """Renames the columns in one short transaction. Never builds an index (minutes at size: a
+    request that times out): 409 naming the command that builds them while the target's HNSW or
+    pending-work index is not valid (`tasktracker embeddings switch --provider NAME --wait`),
+    and 409 below 100% coverage unless `force`."""
     spaces = await embedding_switch.cutover(
         state.engine, force=body.force, max_attempts=state.settings.embedding_max_attempts
     )

@@ -22,6 +22,7 @@ from app.embedding.switch import (
     Target,
     fill,
     missing,
+    pending_indexes,
     set_phase,
     start,
     target_index,
@@ -140,12 +141,14 @@ def build_indexes(settings: Settings, spaces: Sequence[Space], reporter: BuildRe
 
 
 async def index_targets(engine: AsyncEngine, settings: Settings, reporter: BuildReporter) -> None:
-    """Build the HNSW index of every target that lacks one (phase indexing, then ready)."""
+    """Build the pending-work and HNSW indexes of every target that lacks them (phase
+    indexing, then ready)."""
     async with engine.connect() as conn:
         targets = [s for s in await load_spaces(conn) if s.state == "target"]
     if not targets:
         return
     ids = [s.id for s in targets if s.id is not None]
     await set_phase(engine, ids, "indexing")
+    await pending_indexes(engine, targets)
     await build_indexes(settings, targets, reporter)
     await set_phase(engine, ids, "ready")

@@ -88,8 +88,12 @@ async def _embed_batch(
             lease=_lease(settings),
             retry=retry,
             heartbeat=delivery.in_progress if delivery is not None else None,
-            # The default provider's tasks take other waiting rows into their batch.
-            fill_to=settings.task_batch_size if provider_id is None else 0,
+            # The active space's tasks of the default provider take other waiting rows into
+            # their batch (a switch's fill publishes every row, and its target has no
+            # pending-work index to find them by until the fill is done).
+            fill_to=settings.task_batch_size
+            if provider_id is None and space.state == "active"
+            else 0,
         )
     except EmbeddingProviderError:
         recovery.failed(PROVIDER)
