@@ -79,7 +79,9 @@ class TopK:
             ],
             axis=1,
         )
-        keep = np.argsort(-sims, axis=1)[:, : self.k]
+        keep = np.argpartition(-sims, self.k - 1, axis=1)[:, : self.k]
+        picked = np.take_along_axis(sims, keep, axis=1)
+        keep = np.take_along_axis(keep, np.argsort(-picked, axis=1), axis=1)
         self.sims = np.take_along_axis(sims, keep, axis=1)
         self.ids = np.take_along_axis(ids, keep, axis=1)
 
