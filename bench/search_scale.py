@@ -472,7 +472,9 @@ def render(section: dict[str, Any], plots: Any) -> str:  # noqa: ARG001 - tables
         "",
         f"{config['queries']} held-out queries × {config['rounds']} rounds (medians of the "
         "rounds' p50/p95, range in brackets), k = 10, the clustered vectors of the search "
-        "section. The index is built by `alembic upgrade head` (the revision) on the loaded "
+        "section, COPYed in random cluster order (as messages arrive, not grouped by topic). "
+        "Per query, how many of its exact top-10 the page holds: whole misses (0) are queries "
+        "the graph walk never brings near, thin ones (9) a row missed. The index is built by `alembic upgrade head` (the revision) on the loaded "
         "table; each cell's plan is read with `explain_vector_page`, the service's own statement.",
         "",
     ]
