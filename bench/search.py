@@ -93,12 +93,23 @@ def clustered(count: int, dims: int, rng: np.random.Generator) -> np.ndarray:
     embeddings do, rather than every direction of `dims`.
     """
     centres = rng.standard_normal((CLUSTERS, LATENT_DIMS), dtype=np.float32)
-    labels = rng.integers(0, CLUSTERS, count)
-    latent = centres[labels] + np.float32(CLUSTER_SPREAD) * rng.standard_normal(
-        (count, LATENT_DIMS), dtype=np.float32
-    )
+    latent = latent_points(centres, count, rng)
     mapping = rng.standard_normal((LATENT_DIMS, dims), dtype=np.float32)
-    out = latent @ mapping
+    return mapped(latent, mapping, rng)
+
+
+def latent_points(centres: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` draws of the mixture in the latent space: a random centre plus Gaussian spread."""
+    labels = rng.integers(0, len(centres), count)
+    spread = rng.standard_normal((count, centres.shape[1]), dtype=np.float32)
+    out: np.ndarray = centres[labels] + np.float32(CLUSTER_SPREAD) * spread
+    return out
+
+
+def mapped(latent: np.ndarray, mapping: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Latent points through the fixed linear map, plus isotropic noise, as unit vectors."""
+    count, dims = len(latent), mapping.shape[1]
+    out: np.ndarray = latent @ mapping
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     out += rng.standard_normal((count, dims), dtype=np.float32) * np.float32(NOISE / np.sqrt(dims))
     out /= np.linalg.norm(out, axis=1, keepdims=True)

@@ -32,6 +32,7 @@ ORDER = (
     "pipeline",
     "search",
     "scale",
+    "halfvec",
     "freshness",
     "index",
     "migrate",
@@ -123,6 +124,7 @@ def sections() -> dict[str, Section]:
         migrate,
         pipeline_suite,
         search,
+        search_halfvec,
         search_scale,
         switch,
     )
@@ -133,6 +135,7 @@ def sections() -> dict[str, Section]:
         "index": IndexSection(),
         "migrate": migrate,
         "scale": search_scale,
+        "halfvec": search_halfvec,
         "freshness": freshness,
         "api": api,
         "load": load,
@@ -254,7 +257,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|freshness|load|faults|switch] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|halfvec|freshness|load|faults|switch] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "

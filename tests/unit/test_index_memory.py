@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.core.errors import ConfigurationError
-from app.indexes.memory import format_size, graph_bytes, parse_size, plan_memory
+from app.indexes.memory import bytes_per_dim, format_size, graph_bytes, parse_size, plan_memory
 from app.indexes.progress import PlainReporter, Progress
 
 
@@ -44,6 +44,15 @@ def test_graph_over_the_ceiling_warns_with_the_value_to_set() -> None:
     assert "about 10x slower" in described
     assert f"INDEX_MAINTENANCE_WORK_MEM_MAX={format_size(plan.needed)}" in described
     assert plan.needed >= plan.graph
+
+
+def test_a_halfvec_graph_is_planned_at_two_bytes_a_dimension() -> None:
+    """1M x 1536: as vector ~6.9 GB, over the 4GB ceiling; as halfvec ~3.8 GB, within it."""
+    vector = plan_memory(1_000_000, 1536, 16, "1GB", "4GB", bytes_per_dim("vector_cosine_ops"))
+    half = plan_memory(1_000_000, 1536, 16, "1GB", "4GB", bytes_per_dim("halfvec_cosine_ops"))
+    assert not vector.fits and "spill" in vector.describe()
+    assert half.fits and half.raised and "raised from 1GB" in half.describe()
+    assert graph_bytes(1_000_000, 1536, 16, 4) - half.graph == 2 * 1536 * 1_000_000
 
 
 def test_plain_progress_writes_a_line_per_phase_and_per_tenth(

@@ -27,7 +27,7 @@ from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.urls import to_libpq_url
 from app.indexes.catalog import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
-from app.indexes.memory import MemoryPlan, format_size, human, plan_memory
+from app.indexes.memory import MemoryPlan, bytes_per_dim, format_size, human, plan_memory
 from app.indexes.progress import BuildReporter, ProgressWatcher, run_in_thread
 from app.models.base import HNSW_PARAMS
 
@@ -214,6 +214,7 @@ class IndexBuilder:
             HNSW_PARAMS["m"],
             self.options.maintenance_work_mem,
             self.options.maintenance_work_mem_max,
+            bytes_per_dim(index.opclass),
         )
 
     def _build(self, index: VectorIndex, statement: str, how: str) -> None:

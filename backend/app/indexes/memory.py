@@ -63,6 +63,11 @@ def human(size: int) -> str:
     return f"{math.ceil(size / 1024)} kB"
 
 
+def bytes_per_dim(opclass: str) -> int:
+    """What one dimension of an index's vectors takes: halfvec_cosine_ops 2, vector's 4."""
+    return 2 if opclass.startswith("halfvec") else 4
+
+
 def graph_bytes(rows: int, dims: int, m: int, bytes_per_dim: int = 4) -> int:
     """The in-memory HNSW graph pgvector builds for `rows` vectors of `dims` dimensions."""
     mean_level = 1.0 / (m - 1) if m > 1 else 0.0
@@ -120,9 +125,14 @@ class MemoryPlan:
         return f"{head}: fits in maintenance_work_mem {format_size(self.session)}"
 
 
-def plan_memory(rows: int, dims: int, m: int, configured: str, ceiling: str) -> MemoryPlan:
-    """Keep the configured value if the graph fits; else raise it, but never past the ceiling."""
-    graph = graph_bytes(rows, dims, m)
+def plan_memory(
+    rows: int, dims: int, m: int, configured: str, ceiling: str, bytes_per_dim: int = 4
+) -> MemoryPlan:
+    """Keep the configured value if the graph fits; else raise it, but never past the ceiling.
+
+    `bytes_per_dim` is the column's: 4 for vector, 2 for halfvec (half the graph).
+    """
+    graph = graph_bytes(rows, dims, m, bytes_per_dim)
     configured_bytes = parse_size(configured)
     ceiling_bytes = max(parse_size(ceiling), configured_bytes)
     session = configured_bytes
