@@ -235,9 +235,14 @@ async def test_switch_under_ingest_and_search_never_mixes_models(
     )
     during = traffic.ingested[len(traffic.ingested) // 2]
     found = await api.call(
-        "POST", "/semantic_search/messages", TokenScope.search, json={"query": during, "limit": 1}
+        "POST", "/semantic_search/messages", TokenScope.search, json={"query": during, "limit": 10}
     )
-    assert found.json()["results"][0]["item"]["content"] == during
+    # The stub picks each text's vector from a pool of 4,096: another text may share it and tie
+    # at similarity 1, so the row is among the hits at the top similarity, not always first.
+    hits = found.json()["results"]
+    top = max(h["similarity"] for h in hits)
+    assert top > 0.999, hits[:3]
+    assert during in [h["item"]["content"] for h in hits if h["similarity"] > top - 1e-4], hits[:3]
     assert found.json()["embedding_model"] == LARGE
 
     code, out = await cli(pipeline, "finish")
