@@ -9,6 +9,7 @@ is text-embedding-3-large at 1536 from the same stub. The stub's vectors are a p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -77,13 +78,15 @@ async def api(pipeline: Pipeline) -> AsyncIterator[Api]:
         stop_all([child])
 
 
-async def cli(pipeline: Pipeline, *args: str, timeout: float = 600) -> tuple[int, str]:
-    """`tasktracker embeddings ...` as a child process: (exit code, output)."""
+async def cli(
+    pipeline: Pipeline, *args: str, timeout: float = 600, command: str = "embeddings"
+) -> tuple[int, str]:
+    """`tasktracker embeddings ...` (or another `command`) as a child process: (exit code, output)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "app.cli",
-        "embeddings",
+        command,
         *args,
         env={**os.environ, **pipeline.env},
         stdout=asyncio.subprocess.PIPE,
@@ -540,6 +543,21 @@ async def test_a_halfvec_space_is_filled_indexed_and_searched(pipeline: Pipeline
     spaces = {(s["entity"], s["state"]): s for s in status.json()["spaces"]}
     assert spaces[("messages", "active")]["storage"] == "halfvec"
     assert spaces[("messages", "previous")]["coverage_pct"] == 100.0
+
+    # The index commands know the space's opclass: status calls it healthy, rebuild keeps it.
+    code, out = await cli(pipeline, "status", "--json", command="index")
+    assert code == 0, out
+    assert all(r["healthy"] for r in json.loads(out[out.index("[") :])), out
+    code, out = await cli(pipeline, "rebuild", "--entity", "messages", command="index")
+    assert code == 0, out
+    assert (
+        await scalar(
+            pipeline,
+            "SELECT o.opcname FROM pg_index i JOIN pg_opclass o ON o.oid = i.indclass[0] "
+            "WHERE i.indexrelid = 'messages_embedding_hnsw_idx'::regclass AND i.indisvalid",
+        )
+        == "halfvec_cosine_ops"
+    )
 
 
 async def test_routes_refuse_a_third_model_and_the_switch_is_admin_only(

@@ -66,11 +66,10 @@ async def _rebuild(entity: str, concurrently: bool) -> None:
     from app.core.config import get_settings
     from app.db import check_database, migration_engine
     from app.indexes.build import BuildOptions, IndexBuilder
-    from app.indexes.catalog import VECTOR_INDEXES
+    from app.indexes.catalog import active_vector_indexes
     from app.indexes.progress import make_reporter
 
     options = BuildOptions.from_settings(get_settings())
-    chosen = [i for i in VECTOR_INDEXES if entity in ("all", i.table)]
     engine = migration_engine()
     try:
         await check_database(engine)
@@ -79,8 +78,10 @@ async def _rebuild(entity: str, concurrently: bool) -> None:
 
             def work(sync_conn: Any) -> None:
                 builder = IndexBuilder(sync_conn, options, make_reporter(sys.stderr))
-                for index in chosen:
-                    builder.rebuild(index, concurrently=concurrently)
+                # With the opclass of each entity's active space (halfvec or vector).
+                for index in active_vector_indexes(builder.execute):
+                    if entity in ("all", index.table):
+                        builder.rebuild(index, concurrently=concurrently)
 
             await autocommit.run_sync(work)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from pydantic import Field, computed_field
 from pydantic.dataclasses import dataclass
@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.embedding.entities import ENTITIES, NEEDS_TEXT
-from app.indexes.catalog import VECTOR_INDEXES
+from app.indexes.status import expected_indexes
 
 _TABLES = [(name, entity.table) for name, entity in ENTITIES.items()]
 
@@ -113,15 +113,8 @@ async def parked_reasons(
 
 async def index_states(session: AsyncSession) -> list[IndexState]:
     """Whether each expected HNSW index exists, is valid and ready, and has the right definition."""
-    from app.indexes.catalog import ACTIVE_STORAGE_SQL, SPACES_EXIST_SQL
-
-    storage: dict[str, str] = {}
-    if (await session.execute(text(SPACES_EXIST_SQL))).scalar():
-        rows = (await session.execute(text(ACTIVE_STORAGE_SQL))).scalars()
-        storage = dict(str(row).split(":", 1) for row in rows)
     states = []
-    for base in VECTOR_INDEXES:
-        index = replace(base, opclass=f"{storage.get(base.table, 'vector')}_cosine_ops")
+    for index in await expected_indexes(await session.connection()):
         row = (await session.execute(text(index.state_sql))).first()
         if row is None:
             states.append(IndexState(index.name, index.table, False, False, False, False, None))

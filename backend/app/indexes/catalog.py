@@ -6,7 +6,7 @@ what "a valid index with the right definition" means is written once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -155,7 +155,12 @@ def active_vector_indexes(execute: Callable[[str], Sequence[Any]]) -> tuple[Vect
     """VECTOR_INDEXES with the opclass of each entity's active space."""
     if not execute(SPACES_EXIST_SQL)[0]:
         return VECTOR_INDEXES
-    storage = dict(str(row).split(":", 1) for row in execute(ACTIVE_STORAGE_SQL))
+    return indexes_for_storage(execute(ACTIVE_STORAGE_SQL))
+
+
+def indexes_for_storage(rows: Iterable[Any]) -> tuple[VectorIndex, ...]:
+    """VECTOR_INDEXES with the opclass of the storage in `rows` (ACTIVE_STORAGE_SQL's answer)."""
+    storage = dict(str(row).split(":", 1) for row in rows)
     return tuple(
         replace(index, opclass=f"{storage.get(index.table, 'vector')}_cosine_ops")
         for index in VECTOR_INDEXES

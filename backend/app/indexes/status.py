@@ -10,7 +10,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.indexes.catalog import VECTOR_INDEXES, VectorIndex
+from app.indexes.catalog import (
+    ACTIVE_STORAGE_SQL,
+    SPACES_EXIST_SQL,
+    VECTOR_INDEXES,
+    VectorIndex,
+    indexes_for_storage,
+)
 from app.indexes.progress import describe, reading_of
 
 
@@ -35,8 +41,15 @@ class IndexReport:
 
 
 async def index_reports(conn: AsyncConnection) -> list[IndexReport]:
-    """One report per expected HNSW index."""
-    return [await _report(conn, index) for index in VECTOR_INDEXES]
+    """One report per expected HNSW index (with the opclass of its entity's active space)."""
+    return [await _report(conn, index) for index in await expected_indexes(conn)]
+
+
+async def expected_indexes(conn: AsyncConnection) -> tuple[VectorIndex, ...]:
+    """The HNSW indexes the active spaces call for (a halfvec space's with halfvec_cosine_ops)."""
+    if not (await conn.execute(text(SPACES_EXIST_SQL))).scalar():
+        return VECTOR_INDEXES
+    return indexes_for_storage((await conn.execute(text(ACTIVE_STORAGE_SQL))).scalars())
 
 
 async def _report(conn: AsyncConnection, index: VectorIndex) -> IndexReport:
