@@ -173,24 +173,26 @@ def row_index(row_id: uuid.UUID) -> int:
 
 def _records(data: Dataset, start: int, stop: int) -> list[tuple[Any, ...]]:
     now = datetime.now(UTC)
-    out = []
-    for i in range(start, stop):
-        content = f"benchmark message {i}"
-        out.append(
-            (
-                uuid.UUID(int=i + 1),
-                "bench",
-                f"c{data.channels[i]}",
-                content,
-                now - timedelta(seconds=i),
-                Vector(data.rows[i]),
-                "synthetic",
-                now,
-                # tt_text_hash(content): so every row counts as current (checked after loading)
-                hashlib.sha256(content.encode()).hexdigest(),
-            )
-        )
-    return out
+    return [
+        message_record(i, data.channels[i], Vector(data.rows[i]), now) for i in range(start, stop)
+    ]
+
+
+def message_record(i: int, channel: int, vector: Any, now: datetime) -> tuple[Any, ...]:
+    """Row `i` of a benchmark's messages, in COPY_COLUMNS order, its embedding current."""
+    content = f"benchmark message {i}"
+    return (
+        uuid.UUID(int=i + 1),
+        "bench",
+        f"c{channel}",
+        content,
+        now - timedelta(seconds=i),
+        vector,
+        "synthetic",
+        now,
+        # tt_text_hash(content): so every row counts as current (checked after loading)
+        hashlib.sha256(content.encode()).hexdigest(),
+    )
 
 
 async def load(conn: asyncpg.Connection, data: Dataset) -> float:

@@ -15,12 +15,11 @@ the process never holds the 1M x 1536 matrix (6.1 GB as float32); see `memory_bu
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import os
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -100,24 +99,10 @@ def memory_budget(rows: int, dims: int, maintenance_work_mem: int) -> dict[str, 
 
 
 def _records(chunk: np.ndarray, first: int, now: datetime) -> list[tuple[Any, ...]]:
-    out = []
-    for offset, vector in enumerate(chunk.astype(np.float16)):
-        i = first + offset
-        content = f"benchmark message {i}"
-        out.append(
-            (
-                uuid.UUID(int=i + 1),
-                "bench",
-                f"c{i % base.CHANNELS}",
-                content,
-                now - timedelta(seconds=i),
-                HalfVector(vector),
-                "synthetic",
-                now,
-                hashlib.sha256(content.encode()).hexdigest(),
-            )
-        )
-    return out
+    return [
+        base.message_record(first + offset, (first + offset) % base.CHANNELS, HalfVector(v), now)
+        for offset, v in enumerate(chunk.astype(np.float16))
+    ]
 
 
 async def _halfvec_schema(url: str, dims: int) -> None:
