@@ -257,6 +257,24 @@ async def _slotted(apg: Any, entity: Entity) -> Entity | None:
     return entity.slot(SLOT_SUFFIX[state], entity.space_id)
 
 
+@contextlib.asynccontextmanager
+async def _in_slot(engine: AsyncEngine, entity: Entity) -> AsyncIterator[tuple[Any, Entity | None]]:
+    """A transaction on the asyncpg connection, with the columns the entity's space holds now
+    (None: the space was retired); the space row stays held until the block ends."""
+    async with engine.connect() as conn:
+        apg = await driver_connection(conn)
+        async with apg.transaction():
+            yield apg, await _slotted(apg, entity)
+
+
+async def _fetch_in_slot(
+    engine: AsyncEngine, entity: Entity, sql_of: Callable[[Entity], str], *args: Any
+) -> list[Any]:
+    """The rows of `sql_of(slot)` run in the entity's current slot (none if it was retired)."""
+    async with _in_slot(engine, entity) as (apg, slot):
+        return [] if slot is None else list(await apg.fetch(sql_of(slot), *args))
+
+
 def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
@@ -269,15 +287,9 @@ async def _claim(
     max_attempts: int,
     lease: Lease,
 ) -> list[Any]:
-    async with engine.connect() as conn:
-        apg = await driver_connection(conn)
-        async with apg.transaction():
-            slot = await _slotted(apg, entity)
-            if slot is None:
-                return []
-            rows: list[Any] = await apg.fetch(
-                _claim_sql(slot), list(ids), model, max_attempts, lease.owner, lease.seconds
-            )
+    rows = await _fetch_in_slot(
+        engine, entity, _claim_sql, list(ids), model, max_attempts, lease.owner, lease.seconds
+    )
     return sorted(rows, key=lambda row: row["id"])
 
 
@@ -285,28 +297,15 @@ async def _fill(
     engine: AsyncEngine, entity: Entity, count: int, max_attempts: int, lease: Lease
 ) -> list[Any]:
     """Claim up to `count` more rows that wait for an embedding (any ids)."""
-    async with engine.connect() as conn:
-        apg = await driver_connection(conn)
-        async with apg.transaction():
-            slot = await _slotted(apg, entity)
-            if slot is None:
-                return []
-            rows: list[Any] = await apg.fetch(
-                _fill_sql(slot), lease.owner, lease.seconds, max_attempts, count
-            )
-    return rows
+    return await _fetch_in_slot(
+        engine, entity, _fill_sql, lease.owner, lease.seconds, max_attempts, count
+    )
 
 
 async def _busy(
     engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID], lease: Lease
 ) -> list[uuid.UUID]:
-    async with engine.connect() as conn:
-        apg = await driver_connection(conn)
-        async with apg.transaction():
-            slot = await _slotted(apg, entity)
-            rows = (
-                [] if slot is None else await apg.fetch(_busy_sql(slot), list(ids), lease.process)
-            )
+    rows = await _fetch_in_slot(engine, entity, _busy_sql, list(ids), lease.process)
     return [row["id"] for row in rows]
 
 
@@ -319,13 +318,8 @@ async def release(
     requeue: bool = False,
 ) -> list[uuid.UUID]:
     """Give up the lease `owner` holds on these rows; returns the ids released."""
-    async with engine.connect() as conn:
-        apg = await driver_connection(conn)
-        async with apg.transaction():
-            slot = await _slotted(apg, entity)
-            if slot is None:
-                return []
-            released = await apg.fetch(_release_sql(slot, requeue=requeue), list(ids), owner)
+    sql_of = partial(_release_sql, requeue=requeue)
+    released = await _fetch_in_slot(engine, entity, sql_of, list(ids), owner)
     return [row["id"] for row in released]
 
 
@@ -345,12 +339,9 @@ async def _renewing(
             try:
                 if heartbeat is not None:
                     await heartbeat()
-                async with engine.connect() as conn:
-                    apg = await driver_connection(conn)
-                    async with apg.transaction():
-                        slot = await _slotted(apg, entity)
-                        if slot is not None:
-                            await apg.execute(_renew_sql(slot), ids, lease.owner, lease.seconds)
+                async with _in_slot(engine, entity) as (apg, slot):
+                    if slot is not None:
+                        await apg.execute(_renew_sql(slot), ids, lease.owner, lease.seconds)
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 logger.warning("could not renew a lease (%s: %s)", type(exc).__name__, exc)
 
@@ -382,36 +373,33 @@ async def _write(
     good = [(row, out.vector) for row, out in pairs if out.vector is not None]
     bad = [(row, out.error or "unknown error") for row, out in pairs if out.vector is None]
     embedded = failed = 0
-    async with engine.connect() as conn:
-        apg = await driver_connection(conn)
-        async with apg.transaction():
-            slot = await _slotted(apg, entity)
-            if slot is None:  # the space was retired meanwhile (a rollback or finish)
-                return _Written(0, 0, [])
-            entity = slot
-            if good:
-                status = await apg.execute(
-                    _write_sql(entity),
-                    [row["id"] for row, _ in good],
-                    # Vector objects: a bare list of arrays would be taken for a 2-D array.
-                    [Vector(np.asarray(vector, dtype=np.float32)) for _, vector in good],
-                    [row["content_hash"] for row, _ in good],
-                    model,
-                    lease.owner,
-                )
-                embedded = _affected(status)
-            if bad:
-                status = await apg.execute(
-                    _fail_sql(entity),
-                    [row["id"] for row, _ in bad],
-                    [error[:1000] for _, error in bad],
-                    [row["content_hash"] for row, _ in bad],
-                    lease.owner,
-                )
-                failed = _affected(status)
-            left = await apg.fetch(
-                _release_sql(entity, requeue=True), [row["id"] for row in rows], lease.owner
+    async with _in_slot(engine, entity) as (apg, slot):
+        if slot is None:  # the space was retired meanwhile (a rollback or finish)
+            return _Written(0, 0, [])
+        entity = slot
+        if good:
+            status = await apg.execute(
+                _write_sql(entity),
+                [row["id"] for row, _ in good],
+                # Vector objects: a bare list of arrays would be taken for a 2-D array.
+                [Vector(np.asarray(vector, dtype=np.float32)) for _, vector in good],
+                [row["content_hash"] for row, _ in good],
+                model,
+                lease.owner,
             )
+            embedded = _affected(status)
+        if bad:
+            status = await apg.execute(
+                _fail_sql(entity),
+                [row["id"] for row, _ in bad],
+                [error[:1000] for _, error in bad],
+                [row["content_hash"] for row, _ in bad],
+                lease.owner,
+            )
+            failed = _affected(status)
+        left = await apg.fetch(
+            _release_sql(entity, requeue=True), [row["id"] for row in rows], lease.owner
+        )
     return _Written(embedded, failed, sorted(row["id"] for row in left))
 
 
