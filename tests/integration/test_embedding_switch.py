@@ -500,7 +500,8 @@ async def test_a_running_worker_uses_a_changed_provider_within_seconds(
 
 @pytest.mark.timeout(900)
 async def test_a_halfvec_space_is_filled_indexed_and_searched(pipeline: Pipeline, api: Api) -> None:
-    """halfvec is a storage choice: the column, its HNSW opclass, search and similar items."""
+    """halfvec is a storage choice: the column, its HNSW opclass, search and similar items;
+    `alembic downgrade` below 0005 refuses while it is active."""
     await seeded(pipeline, 80, 20)
     await create_large(api, pipeline)
     code, out = await cli(
@@ -558,6 +559,11 @@ async def test_a_halfvec_space_is_filled_indexed_and_searched(pipeline: Pipeline
         )
         == "halfvec_cosine_ops"
     )
+
+    # Revision 0004 has no halfvec: its downgrade refuses and names the switch back to vector.
+    code, out = await cli(pipeline, "finish")
+    assert code == 0, out
+    downgrade_refused(pipeline, "`tasktracker embeddings switch --provider NAME --storage vector")
 
 
 async def test_routes_refuse_a_third_model_and_the_switch_is_admin_only(
