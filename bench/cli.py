@@ -10,7 +10,17 @@ from app.cli._console import console, fail, run
 from app.core.config import get_settings
 
 BENCH_SECTIONS = ("pipeline", "search", "index", "api")
-NAMED_ONLY = ("migrate", "scale", "halfvec", "freshness", "load", "faults", "workers", "switch")
+NAMED_ONLY = (
+    "migrate",
+    "scale",
+    "halfvec",
+    "real",
+    "freshness",
+    "load",
+    "faults",
+    "workers",
+    "switch",
+)
 
 
 def bench(
@@ -18,7 +28,8 @@ def bench(
         str,
         typer.Argument(
             help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load, "
-            "faults, halfvec (1,000,000 x 1536 stored as halfvec), workers (1, 2, 4 worker processes and a 3-node cluster: docs/SCALING.md) or "
+            "faults, halfvec (1,000,000 x 1536 stored as halfvec), real (the local model's embeddings of a "
+            "real corpus beside the generator), workers (1, 2, 4 worker processes and a 3-node cluster: docs/SCALING.md) or "
             "switch (an embedding-model switch of 100,000 rows)."
         ),
     ] = "all",

@@ -23,8 +23,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 from pgvector import Vector
 from pgvector.asyncpg import register_vector
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import db
 from app.core.config import REPO_ROOT, Settings
@@ -165,8 +166,6 @@ async def ours(
     warmup: int = 0,
 ) -> Rate:
     """Through the real queue and worker processes."""
-    from app.broker import build_broker, worker_seen
-    from app.db import create_engine
     from app.embedding.backfill import BackfillPlan, run_backfill
     from app.embedding.entities import MESSAGES
     from app.embedding.tasks import enqueuer
@@ -186,32 +185,23 @@ async def ours(
         **(env_extra or {}),
     }
     env = {name: value for name, value in env.items() if value}  # "" unsets
-    children: list[Child] = [worker_child(env, "--no-sweeper") for _ in range(workers)]
-    broker = build_broker(settings.model_copy(update={"nats_stream": stream}))
-    engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=2)
-    conn = await asyncpg.connect(url)
-    try:
-        for child in children:
-            child.start()
-        await broker.startup()
-        while not await worker_seen(broker):
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # every worker pulling
-        enqueue = enqueuer(None, broker)
+    update = {"nats_stream": stream}
+    async with started_workers(url, settings.model_copy(update=update), env, workers) as running:
+        conn, enqueue = running.conn, enqueuer(None, running.broker)
         if warmup:  # the first rows load what loads lazily (a local model); not timed
             await run_backfill(
-                engine,
+                running.engine,
                 BackfillPlan(entities=[MESSAGES], page_size=warmup, limit=warmup),
                 enqueue=enqueue,
             )
             while await pending_count(conn) > rows - warmup:
                 await asyncio.sleep(0.05)
-        pids = [child.pid for child in children if child.pid is not None]
+        pids = running.pids
         workers_before = sum(cpu_seconds(pid) for pid in pids)
         machine_before, bench_before = machine_busy_seconds(), time.process_time()
         began = time.perf_counter()
         await run_backfill(
-            engine, BackfillPlan(entities=[MESSAGES], page_size=500), enqueue=enqueue
+            running.engine, BackfillPlan(entities=[MESSAGES], page_size=500), enqueue=enqueue
         )
         while await pending_count(conn) > 0:
             await asyncio.sleep(0.05)
@@ -228,8 +218,47 @@ async def ours(
             seconds,
             cpu,
         )
+
+
+@dataclass
+class Workers:
+    """Worker processes that are pulling, the broker they pull from, and a pool and a
+    connection to their database."""
+
+    children: list[Child]
+    broker: Any
+    engine: AsyncEngine
+    conn: asyncpg.Connection
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children if child.pid is not None]
+
+
+@asynccontextmanager
+async def started_workers(
+    url: str, settings: Settings, env: dict[str, str], count: int, *, settle: float = 1.0
+) -> AsyncIterator[Workers]:
+    """`count` worker processes (no sweeper) on `env`, and a broker of `settings` that one of
+    them has been seen on, `settle` seconds for the others to pull; everything stopped after,
+    the workers first (nothing below may keep one alive)."""
+    from app.broker import build_broker, worker_seen
+    from app.db import create_engine
+
+    children: list[Child] = [worker_child(env, "--no-sweeper") for _ in range(count)]
+    broker = build_broker(settings)
+    engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=2)
+    conn = await asyncpg.connect(url)
+    try:
+        for child in children:
+            child.start()
+        await broker.startup()
+        while not await worker_seen(broker):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(settle)  # every worker pulling
+        yield Workers(children, broker, engine, conn)
     finally:
-        stop_all(children)  # first: nothing below may keep a worker alive
+        stop_all(children)
         await conn.close()
         await broker.shutdown()
         await engine.dispose()

