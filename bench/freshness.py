@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from pgvector.asyncpg import register_vector
 
 from app.core import endpoints
 from app.core.config import REPO_ROOT, Settings
@@ -90,7 +91,14 @@ async def stack(
         await delete_stream(nats_url, stream)
 
 
-async def probe(http: httpx.AsyncClient, number: int) -> float | None:
+@dataclass
+class Probe:
+    id: str
+    content: str
+    seconds: float | None  # None: not found within PROBE_TIMEOUT
+
+
+async def probe(http: httpx.AsyncClient, number: int) -> Probe:
     """Seconds from the ingest's answer to the message found by search; None on time-out."""
     content = f"freshness probe {number} {uuid.uuid4().hex[:10]}: {PHRASES[number % len(PHRASES)]}"
     response = await http.post(
@@ -102,9 +110,53 @@ async def probe(http: httpx.AsyncClient, number: int) -> float | None:
     while time.perf_counter() - answered < PROBE_TIMEOUT:
         found = await http.post(SEARCH_PATH, json={"query": content, "limit": 5})
         if found.is_success and any(hit["id"] == message_id for hit in found.json()["results"]):
-            return time.perf_counter() - answered
+            return Probe(message_id, content, time.perf_counter() - answered)
         await asyncio.sleep(POLL_SECONDS)
-    return None
+    return Probe(message_id, content, None)
+
+
+async def diagnose(url: str, missed: Probe, local: bool) -> dict[str, Any]:
+    """Why a probe was never found: not embedded, or embedded and not returned by the index.
+
+    With the local model, its query vector is computed here as search computes it, and the
+    row's rank is read from an exact scan and from the index at two ef_search values.
+    """
+    conn = await asyncpg.connect(url)
+    try:
+        await register_vector(conn)
+        row = await conn.fetchrow(
+            "SELECT embedded_at IS NOT NULL AS embedded, embedding_attempts, embedding_error "
+            "FROM messages WHERE id = $1",
+            uuid.UUID(missed.id),
+        )
+        out: dict[str, Any] = {"id": missed.id, **dict(row)} if row else {"id": missed.id}
+        if local and row and row["embedded"]:
+            vector = (await _local_query_vector(missed.content))[0]
+            sql = "SELECT id::text FROM messages ORDER BY embedding <=> $1 LIMIT 5"
+            await conn.execute("SET enable_indexscan = off")
+            out["in_exact_top5"] = missed.id in [r[0] for r in await conn.fetch(sql, vector)]
+            await conn.execute("RESET enable_indexscan")
+            for ef in (64, 400):
+                await conn.execute(f"SET hnsw.ef_search = {ef}")
+                ids = [r[0] for r in await conn.fetch(sql, vector)]
+                out[f"in_index_top5_ef{ef}"] = missed.id in ids
+        return out
+    finally:
+        await conn.close()
+
+
+async def _local_query_vector(text: str) -> Any:
+    from app.core.enums import ProviderType
+    from app.embedding.providers.base import ProviderSpec
+    from app.embedding.providers.local_provider import LocalProvider
+
+    provider = LocalProvider(
+        ProviderSpec(type=ProviderType.local, name="bench", model="e5", dimensions=384)
+    )
+    try:
+        return await provider.embed([text], kind="query")
+    finally:
+        await provider.aclose()
 
 
 def backfill(env: dict[str, str]) -> None:
@@ -127,12 +179,15 @@ async def measure(url: str, nats_url: str, provider: Provider, plan: Plan) -> di
             await asyncio.to_thread(backfill, env)
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
             await probe(http, -1)  # warm-up: first task, first provider call
-            seconds = [await probe(http, number) for number in range(plan.probes)]
-    found = [s * 1000 for s in seconds if s is not None]
+            probes = [await probe(http, number) for number in range(plan.probes)]
+        missed = [p for p in probes if p.seconds is None]
+        diagnoses = [await diagnose(url, p, provider.kind == "local") for p in missed]
+    found = [p.seconds * 1000 for p in probes if p.seconds is not None]
     return {
         "provider": provider.name,
         "probes": plan.probes,
-        "timed_out": sum(s is None for s in seconds),
+        "timed_out": len(missed),
+        "timed_out_diagnosis": diagnoses,
         **latency_summary(found),
         "max_ms": round(max(found), 1) if found else None,
     }
@@ -202,7 +257,9 @@ def render(section: dict[str, Any], plots: Any) -> str:  # noqa: ARG001 - a tabl
         f"the default settings; the search is repeated every {config['poll_ms']:.0f} ms (the "
         f"resolution). Stub: over {config['preloaded']:,} preloaded synthetic vectors with the "
         f"HNSW index. Local model: over {config.get('model_rows', 0):,} messages the model "
-        "embedded first (through `backfill_embeddings.py --wait`).",
+        "embedded first (through `backfill_embeddings.py --wait`). A probe never found is "
+        "diagnosed below the table: embedded or not, and (local model) whether an exact scan "
+        "and the index at ef_search 64 and 400 return it in the top 5.",
         "",
         "| provider | p50 ms | p95 ms | p99 ms | max ms | timed out |",
         "|---|---:|---:|---:|---:|---:|",
@@ -212,5 +269,10 @@ def render(section: dict[str, Any], plots: Any) -> str:  # noqa: ARG001 - a tabl
             f"| {row['provider']} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | "
             f"{row['p99_ms']:.0f} | {row['max_ms']} | {row['timed_out']} |"
         )
+    out.append("")
+    for row in section["providers"]:
+        for missed in row.get("timed_out_diagnosis", []):
+            facts = ", ".join(f"{k} {v}" for k, v in missed.items() if k != "id")
+            out.append(f"- {row['provider']}: probe {missed['id']} never found: {facts}")
     out.append("")
     return "\n".join(out)
