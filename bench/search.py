@@ -158,9 +158,14 @@ def neighbour_contrast(data: Dataset, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+def hits_per_query(found: Sequence[Sequence[int]], truth: np.ndarray) -> list[int]:
+    """|found & truth| of each query."""
+    return [len(set(ids) & set(truth[i].tolist())) for i, ids in enumerate(found)]
+
+
 def recall(found: Sequence[Sequence[int]], truth: np.ndarray) -> float:
     """Mean over queries of |found & truth| / k."""
-    hits = [len(set(ids) & set(truth[i].tolist())) for i, ids in enumerate(found)]
+    hits = hits_per_query(found, truth)
     return float(np.mean(hits)) / truth.shape[1] if hits else 0.0
 
 

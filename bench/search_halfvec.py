@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from bench import search as base
 from bench import search_scale as scale
 from bench.pipeline import alembic
 from bench.scratch import scratch_database
-from bench.stats import target
+from bench.stats import load_average, target
 
 FULL = (1_000_000, 1536)
 QUICK = (20_000, 1536)
@@ -225,25 +224,21 @@ async def sweep(
     return cells
 
 
-def _load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
     rows, dims = QUICK if quick else FULL
     queries_n = 50 if quick else scale.QUERIES
     rounds = 1 if quick else scale.ROUNDS
     queries = Stream(dims, seed=2).draw(queries_n)  # same centres and map as the rows
-    load_before = _load_average()
+    load_before = load_average()
     name = f"bench_halfvec_scale_{rows}_{uuid.uuid4().hex[:6]}"
     async with scratch_database(settings, name) as url:
         await _halfvec_schema(url, dims)
         began = time.perf_counter()
         loaded = await load(url, rows, dims, queries)
         load_seconds = time.perf_counter() - began
-        load_after_load = _load_average()
+        load_after_load = load_average()
         built = await build(url, settings)
-        load_after_build = _load_average()
+        load_after_build = load_average()
         cells = await sweep(url, settings, queries, loaded["truth"], rounds)
     from app.indexes.memory import parse_size
 
@@ -273,7 +268,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
             "before": load_before,
             "after_load": load_after_load,
             "after_build": load_after_build,
-            "after_sweep": _load_average(),
+            "after_sweep": load_average(),
         },
     }
 

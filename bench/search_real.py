@@ -34,6 +34,7 @@ from app.core.config import Settings
 from bench import search as base
 from bench import search_scale as scale
 from bench.scratch import scratch_database
+from bench.stats import load_average
 
 CORPUS_GLOB = "/usr/share/vim/vim*/doc/*.txt"
 FULL = (10_000, 30_000, 95_000)  # the corpus has 95,785 distinct lines
@@ -187,7 +188,7 @@ async def measure(
         "neighbours": base.neighbour_contrast(data, truth),
         "lid": round(local_intrinsic_dimension(data.rows), 1),
         "variants": others,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
     }
 
 

@@ -20,7 +20,6 @@ project's revision builds vector columns).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from dataclasses import replace
@@ -37,7 +36,7 @@ from app.core.urls import to_asyncpg_url
 from bench import search as base
 from bench.pipeline import alembic
 from bench.scratch import scratch_database
-from bench.stats import target
+from bench.stats import load_average, target
 
 FULL = ((1_000_000, 384),)
 QUICK = ((20_000, 384),)
@@ -78,8 +77,7 @@ def displacement(found: list[list[int]], truth: np.ndarray, offset: int) -> floa
 
 def hits_histogram(found: list[list[int]], truth: np.ndarray) -> dict[str, int]:
     """How many queries found how many of their exact top-k: whole misses or thin ones."""
-    hits = [len(set(ids) & set(truth[i].tolist())) for i, ids in enumerate(found)]
-    values, counts = np.unique(hits, return_counts=True)
+    values, counts = np.unique(base.hits_per_query(found, truth), return_counts=True)
     return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
 
 
@@ -234,7 +232,7 @@ async def measure(
         "bare": bare,
         "app_vs_bare": versus,
         "reachability": reach,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
     }
 
 

@@ -6,12 +6,18 @@ shown with its spread (min-max), and systems are compared by ratios measured in 
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+def load_average() -> list[float]:
+    """The machine's load average (1, 5, 15 min), recorded beside the figures it may inflate."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
