@@ -40,7 +40,7 @@ from bench.api import (
     load_messages,
     wait_ready,
 )
-from bench.pipeline import migrate, start_stub
+from bench.pipeline import local_provider, migrate, start_stub
 from bench.scratch import scratch_database
 from bench.stats import latency_summary, target
 
@@ -131,7 +131,8 @@ async def diagnose(url: str, missed: Probe, local: bool) -> dict[str, Any]:
         )
         out: dict[str, Any] = {"id": missed.id, **dict(row)} if row else {"id": missed.id}
         if local and row and row["embedded"]:
-            vector = (await _local_query_vector(missed.content))[0]
+            async with local_provider() as provider:
+                vector = (await provider.embed([missed.content], kind="query"))[0]
             sql = "SELECT id::text FROM messages ORDER BY embedding <=> $1 LIMIT 5"
             await conn.execute("SET enable_indexscan = off")
             out["in_exact_top5"] = missed.id in [r[0] for r in await conn.fetch(sql, vector)]
@@ -143,20 +144,6 @@ async def diagnose(url: str, missed: Probe, local: bool) -> dict[str, Any]:
         return out
     finally:
         await conn.close()
-
-
-async def _local_query_vector(text: str) -> Any:
-    from app.core.enums import ProviderType
-    from app.embedding.providers.base import ProviderSpec
-    from app.embedding.providers.local_provider import LocalProvider
-
-    provider = LocalProvider(
-        ProviderSpec(type=ProviderType.local, name="bench", model="e5", dimensions=384)
-    )
-    try:
-        return await provider.embed([text], kind="query")
-    finally:
-        await provider.aclose()
 
 
 def backfill(env: dict[str, str]) -> None:

