@@ -22,7 +22,7 @@ import asyncpg
 import psutil
 
 from app.core.config import Settings
-from app.indexes.memory import human
+from app.core.sizes import human
 from bench.pipeline import alembic
 from bench.scratch import scratch_database
 from bench.stats import target

@@ -240,7 +240,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
         built = await build(url, settings)
         load_after_build = load_average()
         cells = await sweep(url, settings, queries, loaded["truth"], rounds)
-    from app.indexes.memory import parse_size
+    from app.core.sizes import parse_size
 
     return {
         "rows": rows,

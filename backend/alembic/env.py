@@ -10,9 +10,17 @@ import sys
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401 - registers the tables on the metadata
 from alembic import context
 from app.core.config import get_settings
+from app.core.errors import ConfigurationError
+
+try:  # the models read the settings when imported: a wrong one is one line, not a traceback
+    get_settings()
+except ConfigurationError as exc:
+    print(f"error: {exc.message}", file=sys.stderr)  # noqa: T201 - the CLI's one line
+    raise SystemExit(2) from None
+
+import app.models  # noqa: E402, F401 - registers the tables on the metadata
 
 config = context.config
 if not logging.getLogger().handlers:

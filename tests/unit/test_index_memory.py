@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.core.errors import ConfigurationError
-from app.indexes.memory import bytes_per_dim, format_size, graph_bytes, parse_size, plan_memory
+from app.core.sizes import format_size, parse_size
+from app.indexes.memory import bytes_per_dim, graph_bytes, plan_memory
 from app.indexes.progress import PlainReporter, Progress
 
 

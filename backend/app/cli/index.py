@@ -91,7 +91,7 @@ async def _rebuild(entity: str, concurrently: bool) -> None:
 def _table(reports: list[Any]) -> Any:
     from rich.table import Table
 
-    from app.indexes.memory import human
+    from app.core.sizes import human
 
     table = Table(title="HNSW indexes")
     for column in ("index", "exists", "valid", "definition ok", "size"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from app.cli import backfill, bench, demo, embeddings, index, services, status, token, worker
+from app.cli._console import fail
 from app.core.config import get_settings
+from app.core.errors import AppError
 from app.core.log import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -14,7 +16,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 @app.callback()
 def _root() -> None:
     """tasktracker: chat messages in, searchable knowledge out."""
-    configure_logging(get_settings().log_level, get_settings().log_format)
+    try:
+        settings = get_settings()
+    except AppError as exc:
+        fail(exc.message)
+    configure_logging(settings.log_level, settings.log_format)
 
 
 app.command()(status.status)

@@ -12,7 +12,7 @@ from app.cli._console import console, coverage_table, parked_table, run, spaces_
 from app.core.config import get_settings
 
 
-async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any], Any]:
     # Imported when the command runs: `tasktracker --help` stays quick without the database layer.
     from app.db import check_database, create_engine, session_factory
     from app.embedding import status as status_service
@@ -32,7 +32,8 @@ async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
             spaces = await status_service.space_coverage(
                 session, max_attempts=settings.embedding_max_attempts
             )
-        return rows, indexes, reasons, spaces
+            memory = await status_service.server_memory(session)
+        return rows, indexes, reasons, spaces, memory
     finally:
         await engine.dispose()
 
@@ -43,7 +44,7 @@ def status(
     """Embedding coverage per entity and the health of the HNSW indexes."""
     from app.replica import replica_health
 
-    rows, indexes, reasons, spaces = run(_status)
+    rows, indexes, reasons, spaces, memory = run(_status)
     replica = run(lambda: replica_health(get_settings()))
     if as_json:
         payload: dict[str, Any] = {
@@ -51,6 +52,7 @@ def status(
             "indexes": [{**vars(index), "healthy": index.healthy} for index in indexes],
             "parked": [vars(reason) for reason in reasons],
             "spaces": [space.as_dict() for space in spaces],
+            "memory": memory.as_dict(),
         }
         if replica is not None:
             payload["read_replica"] = {
@@ -64,6 +66,8 @@ def status(
     console.print(spaces_table(spaces))
     if reasons:
         console.print(parked_table(reasons))
+    colour = "green" if memory.indexes_fit else "yellow"
+    console.print(f"[{colour}]memory:[/] {memory.describe()}", highlight=False)
     if replica is not None:
         lag = "unknown" if replica.lag_seconds is None else f"{replica.lag_seconds:.1f} s"
         state = (

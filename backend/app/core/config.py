@@ -6,10 +6,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.errors import ConfigurationError
 from app.core.netpolicy import NetworkPolicy
+from app.core.sizes import SIZE
 
 ProviderType = Literal["openai", "ollama", "local"]
 
@@ -30,6 +33,9 @@ class Settings(BaseSettings):
     # the clients connect to any and move to another when it goes.
     nats_url: str | None = None
     data_dir: Path = REPO_ROOT / ".data"
+    # The embedded server's shared_buffers (app.core.pgmemory): auto (a quarter of the memory,
+    # 128MB-8GB) or a size such as 2GB; applied when the server starts.
+    embedded_postgres_shared_buffers: str = "auto"
 
     # Embeddings: the column is vector(EMBEDDING_DIMENSIONS) when the initial revision runs.
     embedding_dimensions: int = Field(default=384, ge=1, le=16000)
@@ -140,6 +146,13 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    @field_validator("embedded_postgres_shared_buffers")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if value.strip().lower() != "auto" and not SIZE.match(value):
+            raise ValueError("must be auto or a size as Postgres writes it, such as 512MB or 2GB")
+        return value
+
     def provider_network(self) -> NetworkPolicy:
         """The network policy for providers, from PROVIDER_ALLOWED_HOSTS."""
         return NetworkPolicy.parse(self.provider_allowed_hosts.split(","))
@@ -153,6 +166,22 @@ class Settings(BaseSettings):
         return self.data_dir / "nats"
 
 
+def settings_error(exc: PydanticValidationError) -> ConfigurationError:
+    """One line naming each wrong setting as its environment variable (never its value: it may
+    be a secret)."""
+    wrong = [
+        f"{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    ]
+    return ConfigurationError(
+        f"the settings are not valid ({'; '.join(wrong)}). "
+        "Fix: correct them in the environment or in .env (see .env.example)."
+    )
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except PydanticValidationError as exc:
+        raise settings_error(exc) from None

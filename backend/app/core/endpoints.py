@@ -22,7 +22,9 @@ def ensure_database_url(settings: Settings | None = None) -> str:
         return to_asyncpg_url(settings.database_url)
     with _lock:
         if _postgres is None:
-            server = EmbeddedPostgres(settings.postgres_dir)
+            server = EmbeddedPostgres(
+                settings.postgres_dir, shared_buffers=settings.embedded_postgres_shared_buffers
+            )
             server.start()
             server.ensure_database(DEFAULT_DATABASE)
             _postgres = server

@@ -9,6 +9,7 @@ from pydantic.dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.sizes import format_size, human
 from app.embedding.entities import ENTITIES, NEEDS_TEXT
 from app.indexes.status import expected_indexes
 
@@ -124,6 +125,55 @@ async def index_states(session: AsyncSession) -> list[IndexState]:
                 IndexState(index.name, index.table, True, valid, ready, bool(matches), definition)
             )
     return states
+
+
+MEMORY_SQL = """
+SELECT pg_size_bytes(current_setting('shared_buffers')),
+       (SELECT coalesce(sum(pg_relation_size(c.oid)), 0)
+          FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+         WHERE c.relkind = 'i' AND a.amname = 'hnsw')
+"""
+
+
+@dataclass(frozen=True)
+class ServerMemory:
+    """shared_buffers beside the HNSW indexes it should hold.
+
+    An index larger than shared_buffers is read in from the OS cache page by page as searches
+    walk it: at 1M x 384 the bare query took 5.3 ms with 128MB against 2.0 ms with 6GB.
+    """
+
+    shared_buffers_bytes: int
+    hnsw_index_bytes: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def indexes_fit(self) -> bool:
+        return self.hnsw_index_bytes <= self.shared_buffers_bytes
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "indexes_fit": self.indexes_fit}
+
+    def describe(self) -> str:
+        """One line for the operator; the fix when the indexes do not fit."""
+        head = (
+            f"shared_buffers {human(self.shared_buffers_bytes)}, "
+            f"HNSW indexes {human(self.hnsw_index_bytes)}"
+        )
+        if self.indexes_fit:
+            return f"{head}: the indexes fit in shared_buffers"
+        return (
+            f"{head}: the indexes do not fit, so searches copy their pages in from the OS cache "
+            f"(about 2.7x slower measured at 1M rows). Fix: raise shared_buffers above "
+            f"{format_size(self.hnsw_index_bytes)} (EMBEDDED_POSTGRES_SHARED_BUFFERS for the "
+            "embedded server; it applies at the next start)"
+        )
+
+
+async def server_memory(session: AsyncSession) -> ServerMemory:
+    """The server's shared_buffers and the size of its HNSW indexes."""
+    buffers, indexes = (await session.execute(text(MEMORY_SQL))).one()
+    return ServerMemory(int(buffers), int(indexes))
 
 
 @dataclass(frozen=True)

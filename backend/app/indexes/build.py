@@ -25,9 +25,10 @@ from sqlalchemy.exc import DBAPIError
 
 from app.core.config import Settings
 from app.core.errors import AppError
+from app.core.sizes import format_size, human
 from app.core.urls import to_libpq_url
 from app.indexes.catalog import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
-from app.indexes.memory import MemoryPlan, bytes_per_dim, format_size, human, plan_memory
+from app.indexes.memory import MemoryPlan, bytes_per_dim, plan_memory
 from app.indexes.progress import BuildReporter, ProgressWatcher, run_in_thread
 from app.models.base import HNSW_PARAMS
 

@@ -10,13 +10,9 @@ per level, `m x (level + 2)` candidates and the vector; the mean level is 1 / (m
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-from app.core.errors import ConfigurationError
-
-_UNITS = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+)\s*(kb|mb|gb|tb)?\s*$", re.IGNORECASE)
+from app.core.sizes import format_size, human, parse_size
 
 # hnswbuild.c: sizeof(HnswElementData) + neighbour array header + heap tid + allocator slack,
 # and the per-candidate size (a relative pointer, a float distance and a flag, aligned).
@@ -30,37 +26,6 @@ VECTOR_HEADER_BYTES = 8
 # that grows while the build runs.
 HEADROOM = 1.15
 ROUND_TO = 64 * 1024**2
-
-
-def parse_size(value: str) -> int:
-    """'1GB' / '512MB' / '65536kB' (Postgres memory units; a bare number is kB) -> bytes."""
-    match = _SIZE.match(value)
-    if match is None:
-        raise ConfigurationError(
-            f"cannot read the memory size {value!r}. Fix: write it as Postgres does, e.g. 512MB or 2GB."
-        )
-    number, unit = match.groups()
-    return int(number) * _UNITS[(unit or "kb").lower()]
-
-
-def format_size(size: int) -> str:
-    """Bytes -> the largest whole Postgres unit that keeps it readable ('1536MB', '2GB')."""
-    for unit in ("TB", "GB", "MB"):
-        factor = _UNITS[unit.lower()]
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    if size >= _UNITS["mb"]:
-        return f"{math.ceil(size / _UNITS['mb'])}MB"
-    return f"{math.ceil(size / 1024)}kB"
-
-
-def human(size: int) -> str:
-    """Bytes for a person: '2.1 GB', '640 MB', '48 kB'."""
-    if size >= _UNITS["gb"]:
-        return f"{size / _UNITS['gb']:.1f} GB"
-    if size >= _UNITS["mb"]:
-        return f"{size / _UNITS['mb']:.0f} MB"
-    return f"{math.ceil(size / 1024)} kB"
 
 
 def bytes_per_dim(opclass: str) -> int:
