@@ -108,6 +108,26 @@ def test_bad_database_url_is_one_clear_line(url: str, says: str, tmp_path: Path)
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_wrong_setting_is_one_clear_line_naming_its_variable(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path), "EMBEDDED_POSTGRES_SHARED_BUFFERS": "plenty"}
+    for result in (
+        cli("status", env=env),
+        subprocess.run(
+            alembic_argv("upgrade", "head"),
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ),
+    ):
+        assert result.returncode == 2
+        said = " ".join(result.stderr.split())
+        assert "EMBEDDED_POSTGRES_SHARED_BUFFERS: must be auto or a size" in said
+        assert "Fix:" in said and "Traceback" not in said and "plenty" not in said
+    assert not (tmp_path / "postgres").exists(), "nothing was started"
+
+
 def test_worker_refuses_a_provider_that_does_not_fit_the_column(
     postgres: object, tmp_path: Path
 ) -> None:
