@@ -170,6 +170,7 @@ async def measure(
             await conn.execute("SET enable_seqscan = off")
             cells = await _sweep(conn, data, truth, rounds)
             reach = await scale.reachability(conn, data)
+            shared_buffers = await conn.fetchval("SHOW shared_buffers")
             others = [await _rebuilt(conn, settings, data, truth, rounds, *v) for v in variants]
         finally:
             await conn.close()
@@ -183,6 +184,7 @@ async def measure(
         "neighbours": base.neighbour_contrast(data, truth),
         "lid": round(local_intrinsic_dimension(data.rows), 1),
         "variants": others,
+        "shared_buffers": shared_buffers,
         "load_average": load_average(),
     }
 
@@ -315,7 +317,8 @@ def render(section: dict[str, Any], plots: Any) -> str:  # noqa: ARG001 - tables
         f"k = {c['lid_k']} over {c['lid_sample']:,} sampled rows. Neighbours: median cosine "
         "similarity of the query's 1st and 10th exact neighbours and of a random row. Reach: "
         "sampled rows returned first for their own vector at ef_search 400. Every cell uses the HNSW "
-        "index (sequential scans off, as the service does).",
+        "index (sequential scans off, as the service does). Server shared_buffers "
+        f"{section['sizes'][0].get('shared_buffers', '128MB')}.",
         "",
         f"| data | rows | LID | nn1 / nn10 / random | {efs} | p50 ms ef 64 | reach | plan |",
         "|---|---:|---:|---|" + "---:|" * len(EFS) + "---:|---:|---|",

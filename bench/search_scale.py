@@ -218,6 +218,7 @@ async def measure(
                 exact_queries=20,
             )
             reach = await reachability(conn, data)
+            shared_buffers = await conn.fetchval("SHOW shared_buffers")
         finally:
             await conn.close()
         versus = await base.app_vs_bare(
@@ -232,6 +233,7 @@ async def measure(
         "bare": bare,
         "app_vs_bare": versus,
         "reachability": reach,
+        "shared_buffers": shared_buffers,
         "load_average": load_average(),
     }
 
@@ -482,7 +484,8 @@ def render(section: dict[str, Any], plots: Any) -> str:  # noqa: ARG001 - tables
             "",
             f"Load (COPY) {size['load_seconds']:.0f} s; `alembic upgrade head` "
             f"{size['upgrade_head_seconds']:.0f} s ({size['memory_decision']}); index "
-            f"{size['index_mb']:,.0f} MB. App vs bare at ef_search {config['ef_search_default']}: "
+            f"{size['index_mb']:,.0f} MB; server shared_buffers "
+            f"{size.get('shared_buffers', '128MB')}. App vs bare at ef_search {config['ef_search_default']}: "
             f"{size['app_vs_bare']['ratio_p50']['median']:.2f}× "
             f"({size['app_vs_bare']['app']['p50_ms']['median']:.2f} vs "
             f"{size['app_vs_bare']['bare']['p50_ms']['median']:.2f} ms).",

@@ -114,6 +114,9 @@ async def test_ingest_search_and_status(
     messages = next(c for c in status["coverage"] if c["entity"] == "messages")
     assert messages["total"] == messages["embedded"] == 30
     assert all(i["healthy"] for i in status["indexes"]) and status["provider"]["dimensions"] == 384
+    memory = status["memory"]
+    assert memory["shared_buffers_bytes"] >= 128 * 1024 * 1024 and memory["indexes_fit"] is True
+    assert 0 < memory["hnsw_index_bytes"] <= memory["shared_buffers_bytes"]
 
 
 async def test_hybrid_finds_an_exact_code(

@@ -65,6 +65,7 @@ async def embedding_status(
         indexes=indexes,
         provider=provider,
         provider_error=provider_error,
+        memory=await status_service.server_memory(session),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from app.core.enums import ProviderType
-from app.embedding.status import EntityCoverage, IndexState, SpaceCoverage
+from app.embedding.status import EntityCoverage, IndexState, ServerMemory, SpaceCoverage
 from app.schemas.common import HeaderSecret, NoNul, Omittable
 
 
@@ -52,6 +52,7 @@ class EmbeddingStatus(BaseModel):
     provider: ProviderInfo | None
     provider_error: str | None = None
     spaces: list[SpaceCoverage] = []
+    memory: ServerMemory | None = None
 
 
 class SwitchRequest(BaseModel):
