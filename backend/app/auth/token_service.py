@@ -70,11 +70,21 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_token() -> str:
+    """`tt_` and 43 URL-safe characters, the first a letter or digit: the prefix that names the
+    token on the command line (`tasktracker token revoke PREFIX`) never starts with `-`, which
+    would be read as an option."""
+    while True:
+        token = TOKEN_MARK + secrets.token_urlsafe(32)
+        if token[len(TOKEN_MARK)].isalnum():
+            return token
+
+
 async def create_token(
     session: AsyncSession, scope: TokenScope, name: str | None = None
 ) -> tuple[str, ApiToken]:
     """A new token: the plain text (to show once) and its row (flushed, not committed)."""
-    token = TOKEN_MARK + secrets.token_urlsafe(32)
+    token = new_token()
     row = ApiToken(
         name=name,
         scope=scope.value,
