@@ -229,15 +229,20 @@ async def test_filtered_search_returns_limit_rows_with_the_index(big_table: Asyn
         )
         assert "messages_embedding_hnsw_idx" in plan, plan
 
-        # Without iterative scans the same query comes back short: the test above can fail.
+        # Without iterative scans the same query, on the index, comes back short: the test
+        # above can fail. The plan is pinned (an exact scan would return all 10), and ef_search
+        # is 10: the scan then stops at 10 candidates, which are all author3's with a chance of
+        # (1/7)^10; at 40 about 6 of them are (random vectors), and 10 or more 1 time in 25.
         await session.execute(text("SELECT set_config('hnsw.iterative_scan', 'off', true)"))
-        await session.execute(text("SELECT set_config('hnsw.ef_search', '40', true)"))
-        short = await session.execute(
-            text(
-                "SELECT count(*) FROM (SELECT id FROM messages WHERE author = 'author3' ORDER BY embedding <=> CAST(:q AS vector) LIMIT 10) s"
-            ),
-            {"q": _query()},
+        await session.execute(text("SELECT set_config('hnsw.ef_search', '10', true)"))
+        await session.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+        control = (
+            "SELECT count(*) FROM (SELECT id FROM messages WHERE author = 'author3' "
+            "ORDER BY embedding <=> CAST(:q AS vector) LIMIT 10) s"
         )
+        explained = await session.execute(text(f"EXPLAIN {control}"), {"q": _query()})
+        assert "messages_embedding_hnsw_idx" in "\n".join(row[0] for row in explained)
+        short = await session.execute(text(control), {"q": _query()})
         assert short.scalar_one() < limit
 
 
