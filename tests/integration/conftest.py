@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -137,6 +140,25 @@ async def pipeline(
     for worker in state.workers:
         worker.stop()
     await engine.dispose()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`tasktracker ARGS` as a user runs it, from the project root, with `env` over this
+    process's environment (its DATABASE_URL / NATS_URL left out: `env` names the servers)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 async def insert_messages(engine: AsyncEngine, count: int, prefix: str = "message") -> None:

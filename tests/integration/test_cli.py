@@ -23,23 +23,7 @@ from app.db import alembic_argv
 from app.embedding.entities import MESSAGES
 from app.models.api_token import TokenScope
 from app.search.schemas import MessageSearchRequest
-from tests.integration.conftest import Pipeline, insert_messages
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO,
-        env={
-            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")},
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.integration.conftest import REPO, Pipeline, cli, insert_messages
 
 
 def our_servers(data_dir: Path) -> list[psutil.Process]:

@@ -4,29 +4,20 @@ indexes fit in them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from app.core import pgmemory
 from app.core.embedded import SERVER_CONF, EmbeddedPostgres
 from app.core.sizes import parse_size
 from app.db import alembic
+from tests.integration.conftest import cli
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS = 300  # an HNSW index over 300 rows x 384 dims is ~700 kB, more than 128kB of buffers
 
 
 def status(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "status", *args],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli("status", *args, env={"DATABASE_URL": url}, timeout=120)
 
 
 def test_shared_buffers_follow_the_setting_and_status_says_when_the_indexes_do_not_fit(

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core import pgmemory
 from app.core.errors import ConfigurationError
 from app.core.netpolicy import NetworkPolicy
 from app.core.sizes import SIZE
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / ".data"
     # The embedded server's shared_buffers (app.core.pgmemory): auto (a quarter of the memory,
     # 128MB-8GB) or a size such as 2GB; applied when the server starts.
-    embedded_postgres_shared_buffers: str = "auto"
+    embedded_postgres_shared_buffers: str = pgmemory.AUTO
 
     # Embeddings: the column is vector(EMBEDDING_DIMENSIONS) when the initial revision runs.
     embedding_dimensions: int = Field(default=384, ge=1, le=16000)
@@ -149,7 +150,7 @@ class Settings(BaseSettings):
     @field_validator("embedded_postgres_shared_buffers")
     @classmethod
     def _memory_size(cls, value: str) -> str:
-        if value.strip().lower() != "auto" and not SIZE.match(value):
+        if not pgmemory.is_auto(value) and not SIZE.match(value):
             raise ValueError("must be auto or a size as Postgres writes it, such as 512MB or 2GB")
         return value
 

@@ -97,8 +97,9 @@ INCLUDE_SERVER_CONF = f"include_if_exists = '{SERVER_CONF}'"
 def write_server_conf(pgdata: Path, settings: dict[str, str]) -> None:
     """The project's settings for the embedded server, in a file postgresql.conf includes.
 
-    Written at every start, so a changed setting applies when the server next starts; the
-    operator's own lines (postgresql.conf, ALTER SYSTEM) are left alone and ALTER SYSTEM wins.
+    Written by every process that opens the folder (under the wheel's lock), so a changed
+    setting applies when the server next starts; the operator's own lines (postgresql.conf,
+    ALTER SYSTEM) are left alone and ALTER SYSTEM wins.
     """
     main = pgdata / "postgresql.conf"
     text = main.read_text()
@@ -106,14 +107,14 @@ def write_server_conf(pgdata: Path, settings: dict[str, str]) -> None:
         with main.open("a") as handle:
             handle.write(f"\n# tasktracker's settings (see {SERVER_CONF})\n{INCLUDE_SERVER_CONF}\n")
     lines = [
-        "# Written by tasktracker at each start of the embedded server; edits are overwritten.",
+        "# Written by tasktracker whenever it opens this folder; edits are overwritten.",
         "# shared_buffers: EMBEDDED_POSTGRES_SHARED_BUFFERS (auto: a quarter of the memory).",
         *(f"{name} = '{value}'" for name, value in settings.items()),
     ]
     partial = pgdata / f".{SERVER_CONF}.partial"
     partial.write_text("\n".join(lines) + "\n")
-    owner = main.stat()  # the wheel runs the server as its own user when we are root
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # the wheel then runs the server as its own user: its file, too
+        owner = main.stat()
         os.chown(partial, owner.st_uid, owner.st_gid)
     os.replace(partial, pgdata / SERVER_CONF)
 

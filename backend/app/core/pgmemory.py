@@ -54,9 +54,14 @@ def available_memory() -> int:
     return min(memory, limit) if limit else memory
 
 
+def is_auto(setting: str) -> bool:
+    """Is EMBEDDED_POSTGRES_SHARED_BUFFERS `auto` (any case, spaces around)?"""
+    return setting.strip().lower() == AUTO
+
+
 def shared_buffers(setting: str, memory: int | None = None) -> str:
     """The shared_buffers value for EMBEDDED_POSTGRES_SHARED_BUFFERS (`auto` or a size)."""
-    if setting.strip().lower() != AUTO:
+    if not is_auto(setting):
         return format_size(parse_size(setting))
     memory = available_memory() if memory is None else memory
     quarter = memory // SHARE // MIB * MIB
