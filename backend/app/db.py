@@ -181,6 +181,17 @@ async def check_database(engine: AsyncEngine) -> str:
     return version
 
 
+async def check_migrated(engine: AsyncEngine) -> None:
+    """The schema is there: a database the revisions never ran on is one line naming the fix."""
+    async with engine.connect() as conn:
+        found = (await conn.execute(text("SELECT to_regclass('messages') IS NOT NULL"))).scalar()
+    if not found:
+        url = engine.url.render_as_string(hide_password=True)
+        raise ConfigurationError(
+            f"the database at {url} has no tables yet. Fix: run `uv run alembic upgrade head`."
+        )
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     """'0.8.1' -> (0, 8, 1)."""
     return tuple(int(part) for part in version.split(".") if part.isdigit())

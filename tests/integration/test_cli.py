@@ -92,6 +92,14 @@ def test_bad_database_url_is_one_clear_line(url: str, says: str, tmp_path: Path)
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_status_before_any_migration_is_one_clear_line(tmp_path: Path) -> None:
+    result = cli("status", env={"DATA_DIR": str(tmp_path / "data")})
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert "has no tables yet" in said and "Fix: run `uv run alembic upgrade head`" in said
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_wrong_setting_is_one_clear_line_naming_its_variable(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path), "EMBEDDED_POSTGRES_SHARED_BUFFERS": "plenty"}
     for result in (

@@ -14,13 +14,14 @@ from app.core.config import get_settings
 
 async def _status() -> tuple[list[Any], list[Any], list[Any], list[Any], Any]:
     # Imported when the command runs: `tasktracker --help` stays quick without the database layer.
-    from app.db import check_database, create_engine, session_factory
+    from app.db import check_database, check_migrated, create_engine, session_factory
     from app.embedding import status as status_service
 
     settings = get_settings()
     engine = create_engine(pool_size=1, max_overflow=0)
     try:
         await check_database(engine)
+        await check_migrated(engine)
         async with session_factory(engine)() as session:
             rows = await status_service.coverage(
                 session, max_attempts=settings.embedding_max_attempts
