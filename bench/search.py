@@ -444,11 +444,12 @@ async def app_vs_bare(
     """The service's search and the bare query, each on its own held SQLAlchemy connection.
 
     Both are timed as a caller sees them, including their transaction's commit; both
-    connections start with the engine's search settings (`app.db.search_settings`).
+    connections are a search engine's, as the API's searches are (`create_engine(search=True)`:
+    they start with the search settings and the index-only plans, `app.db.search_settings`).
     """
     from app.db import create_engine
 
-    engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=2)
+    engine = create_engine(url=to_asyncpg_url(url), settings=settings, search=True, pool_size=2)
     vectors = [Vector(q) for q in data.queries]
     latencies: dict[str, list[list[float]]] = {"bare": [], "app": []}
     try:

@@ -208,7 +208,7 @@ async def sweep(
         channels=np.zeros(0, np.int64),
         query_channels=np.zeros(0, np.int64),
     )
-    engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=1)
+    engine = create_engine(url=to_asyncpg_url(url), settings=settings, search=True, pool_size=1)
     try:
         async with engine.connect() as conn:
             session = AsyncSession(bind=conn, expire_on_commit=False)

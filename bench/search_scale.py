@@ -136,7 +136,7 @@ async def app_sweep(
     """The service over ef_search (first page) and over offsets (default ef_search)."""
     from app.db import create_engine
 
-    engine = create_engine(url=to_asyncpg_url(url), settings=settings, pool_size=1)
+    engine = create_engine(url=to_asyncpg_url(url), settings=settings, search=True, pool_size=1)
     try:
         async with engine.connect() as conn:
             session = AsyncSession(bind=conn, expire_on_commit=False)

@@ -31,12 +31,25 @@ HNSW_MIN_VECTOR_VERSION = (0, 5, 0)
 SEARCH_SETTINGS_INFO = "search_settings"  # key in a connection's info: the GUCs it started with
 
 
-def search_settings(ef_search: int, max_scan_tuples: int) -> dict[str, str]:
+# The planner prices an HNSW scan by ef_search: a deep page (ef_search raised to limit +
+# offset), a filter or a threshold can make a sequential scan look cheaper, and it is then
+# 100x slower (measured: 454 ms instead of 4 ms at 100k x 1536, ef_search 200). A vector search
+# over a large table whose index is valid runs with the other plans off (INDEX_PLANS); any
+# other statement runs with them on (ANY_PLAN: PostgreSQL's defaults, which a connection has
+# unless it was started with INDEX_PLANS).
+INDEX_PLANS = {"enable_seqscan": "off", "enable_sort": "off"}
+ANY_PLAN = dict.fromkeys(INDEX_PLANS, "on")
+
+
+def search_settings(
+    ef_search: int, max_scan_tuples: int, *, index_plans: bool = False
+) -> dict[str, str]:
     """The settings every vector search runs with (see semantic_search_service).
 
     Sent in the startup packet of every engine connection, so a search needs no `set_config`
     round trip unless it wants other values, and `RESET ALL` returns to them. Postgres keeps the
     `hnsw.*` values as placeholders until pgvector loads in that backend, which then adopts them.
+    With `index_plans` (a search engine's connections) they include INDEX_PLANS.
     """
     return {
         "hnsw.ef_search": str(ef_search),
@@ -44,15 +57,28 @@ def search_settings(ef_search: int, max_scan_tuples: int) -> dict[str, str]:
         "hnsw.max_scan_tuples": str(max_scan_tuples),
         # a cached generic plan would keep whatever plan it was built with, whatever the query
         "plan_cache_mode": "force_custom_plan",
+        **(INDEX_PLANS if index_plans else {}),
     }
 
 
 def create_engine(
-    url: str | None = None, settings: Settings | None = None, **kwargs: Any
+    url: str | None = None,
+    settings: Settings | None = None,
+    *,
+    search: bool = False,
+    **kwargs: Any,
 ) -> AsyncEngine:
-    """An async engine on `url` (default: the configured or embedded database)."""
+    """An async engine on `url` (default: the configured or embedded database).
+
+    `search=True` makes an engine for vector search only (the API's and the console's read
+    sessions): its connections start with INDEX_PLANS, which a search over a large table with
+    a valid index wants, so that search needs no settings statement of its own. Searches over
+    a small table, and full-text ones, turn the plans back on for their transaction.
+    """
     settings = settings or get_settings()
-    searching = search_settings(settings.hnsw_ef_search, settings.hnsw_max_scan_tuples)
+    searching = search_settings(
+        settings.hnsw_ef_search, settings.hnsw_max_scan_tuples, index_plans=search
+    )
     options: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,

@@ -61,6 +61,7 @@ class ReadRouter:
             self.engine = create_engine(
                 to_asyncpg_url(settings.database_read_url),
                 settings,
+                search=True,
                 pool_size=settings.db_pool_size,
                 connect_args={"timeout": CHECK_TIMEOUT},
             )

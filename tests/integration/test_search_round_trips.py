@@ -197,3 +197,99 @@ async def test_hybrid_mode_fuses_full_text_and_vector(app_engine: AsyncEngine) -
     )
     assert by_source["vector"] and page.not_embedded == PENDING
     assert [h.score for h in page.hits] == sorted((h.score for h in page.hits), reverse=True)
+
+
+# ----------------------------------------------------------------- the search engine's plans
+
+LARGE = search.SearchTuning(ef_search=64, index_min_rows=100)  # 307 rows: "large" here
+
+
+@pytest.fixture
+async def search_engine(filled: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(
+        url=filled, settings=Settings(hnsw_ef_search=64), search=True, pool_size=1
+    )
+    yield engine
+    await engine.dispose()
+
+
+async def _plans(session: AsyncSession) -> tuple[str, str]:
+    row = (
+        await session.execute(
+            text("SELECT current_setting('enable_seqscan'), current_setting('enable_sort')")
+        )
+    ).one()
+    return row[0], row[1]
+
+
+async def test_on_a_search_engine_a_large_table_is_searched_through_the_index_in_one_statement(
+    search_engine: AsyncEngine, app_engine: AsyncEngine
+) -> None:
+    async with session_factory(search_engine)() as session:
+        await search.search(session, MESSAGES, _query(), limit=1, tuning=LARGE)  # table facts
+        await session.commit()
+        statements = Statements(search_engine)
+        page = await search.search(session, MESSAGES, _query(), limit=10, tuning=LARGE)
+        sent = list(statements.sql)
+        plans = await _plans(session)
+        plan = await search.explain_vector_page(session, MESSAGES, _query(), tuning=LARGE)
+        truth = await _exact(session, _query())
+    assert [_kind(s) for s in sent] == ["WITH nearest"], sent
+    assert plans == ("off", "off")
+    assert "Index Scan using messages_embedding_hnsw_idx" in plan, plan
+    assert [hit.id for hit in page.hits] == truth[:10]
+    # The same search on the write engine's connection turns the other plans off itself.
+    statements = Statements(app_engine)
+    async with session_factory(app_engine)() as session:
+        await search.search(session, MESSAGES, _query(), limit=10, tuning=LARGE)
+        sent = list(statements.sql)
+        inside = await _plans(session)
+        await session.commit()
+        after = await _plans(session)
+    assert [_kind(s) for s in sent] == ["SELECT set_config", "WITH nearest"], sent
+    assert sent[0].count("set_config") == 2  # enable_seqscan, enable_sort
+    assert inside == ("off", "off") and after == ("on", "on")
+
+
+async def test_on_a_search_engine_a_small_table_gets_any_plan_for_its_transaction(
+    search_engine: AsyncEngine,
+) -> None:
+    statements = Statements(search_engine)
+    async with session_factory(search_engine)() as session:
+        page = await search.search(session, MESSAGES, _query(), limit=10)  # 307 < 1000 rows
+        sent = list(statements.sql)
+        inside = await _plans(session)
+        await session.commit()
+        after = await _plans(session)
+    assert [_kind(s) for s in sent] == ["SELECT set_config", "WITH nearest"], sent
+    assert sent[0].count("set_config") == 2  # enable_seqscan, enable_sort: on
+    assert inside == ("on", "on") and after == ("off", "off")
+    assert len(page.hits) == 10
+
+
+async def test_the_space_check_and_the_settings_are_one_statement(
+    search_engine: AsyncEngine,
+) -> None:
+    async with session_factory(search_engine)() as session:
+        space = (
+            await session.execute(
+                text(
+                    "SELECT id FROM embedding_spaces WHERE entity = 'messages' AND state = 'active'"
+                )
+            )
+        ).scalar_one()
+        await search.search(session, MESSAGES, _query(), limit=1, tuning=LARGE)  # table facts
+        await session.commit()
+        statements = Statements(search_engine)
+        await search.search(session, MESSAGES, _query(), limit=10, tuning=LARGE, space_id=space)
+        await session.commit()
+        checked_only = list(statements.sql)
+        statements.sql.clear()
+        await search.search(session, MESSAGES, _query(), limit=80, tuning=LARGE, space_id=space)
+        await session.commit()
+        checked_and_set = list(statements.sql)
+        with pytest.raises(search.SpaceMoved):
+            await search.search(session, MESSAGES, _query(), limit=10, space_id=space + 1000)
+    assert [_kind(s) for s in checked_only] == ["SELECT EXISTS", "WITH nearest"], checked_only
+    assert [_kind(s) for s in checked_and_set] == ["SELECT set_config", "WITH nearest"]
+    assert "embedding_spaces" in checked_and_set[0] and checked_and_set[0].count("set_config") == 1

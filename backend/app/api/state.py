@@ -1,4 +1,4 @@
-"""Per-process API state: engine, sessions, the read router, the broker client, rate limits.
+"""Per-process API state: engines, sessions, the read router, the broker client, rate limits.
 
 Only infrastructure lives here, so the domains' routes may depend on it; a domain keeps its own
 per-process objects behind its own accessor (app.embedding.dependencies.registry_of).
@@ -26,7 +26,14 @@ class AppState:
         self.settings = settings
         self.engine: AsyncEngine = engine or create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
-        self.reads = ReadRouter(settings, self.sessions)
+        # Searches on the primary take their connections from a pool of their own, whose
+        # connections start with the index-only plans a search wants (app.db.create_engine).
+        self.search_engine: AsyncEngine = create_engine(
+            engine.url.render_as_string(hide_password=False) if engine is not None else None,
+            settings,
+            search=True,
+        )
+        self.reads = ReadRouter(settings, session_factory(self.search_engine))
         # A client of its own, on this app's NATS_URL and stream: the process-wide broker is the
         # worker's. Shared by every app of a process (the tests' many), a client left connected
         # on a closed event loop made each publish of the next app wait out its retries.
@@ -52,4 +59,5 @@ class AppState:
         for close in reversed(self._closers):
             await close()
         await self.reads.aclose()
+        await self.search_engine.dispose()
         await self.engine.dispose()

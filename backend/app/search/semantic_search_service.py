@@ -6,6 +6,9 @@ rows than exist; the outer ORDER BY restores exact order), and custom plans (a c
 plan would keep whatever plan it was built with, possibly a sequential scan). Connections of
 `app.db.create_engine` start with these settings (`app.db.search_settings`), so a search sets
 only what differs from them, transaction-locally; on any other connection it sets them all.
+Over a table whose HNSW index is valid and large enough, the plans other than the index scan
+are off (`app.db.INDEX_PLANS`): the connections of a search engine start so, and the API's and
+the console's searches run on one, so such a search sends no settings statement at all.
 A vector-mode page is one statement: the nearest rows with their columns and the count of rows
 not embedded yet. No SQL is built from user strings: the fragments below are fixed and every
 value is a bind parameter.
@@ -27,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.config import Settings
 from app.core.errors import NotFoundError, ServiceUnavailableError, ValidationError
-from app.db import SEARCH_SETTINGS_INFO, search_settings
+from app.db import ANY_PLAN, INDEX_PLANS, SEARCH_SETTINGS_INFO, search_settings
 from app.embedding.entities import ATOMS, MESSAGES, NEEDS_TEXT, Entity
 from app.embedding.registry import EmbeddingRegistry
 from app.embedding.spaces import Space
@@ -134,18 +137,13 @@ class SearchTuning:
         )
 
 
-# The planner prices an HNSW scan by ef_search: a deep page (ef_search raised to limit +
-# offset), a filter or a threshold can make a sequential scan look cheaper, and it is then
-# 100x slower (measured: 454 ms instead of 4 ms at 100k x 1536, ef_search 200). When the index
-# is valid and the table large, a search forbids the other plans for its own transaction.
-PREFER_INDEX = {"enable_seqscan": "off", "enable_sort": "off"}
 _PLAN_FACTS_SECONDS = 30.0
-_plan_facts: dict[tuple[str, str], tuple[float, bool]] = {}
+_plan_facts: dict[tuple[str, str, int], tuple[float, bool]] = {}
 
 
 async def _index_preferred(connection: AsyncConnection, entity: Entity, min_rows: int) -> bool:
     """Is the entity's HNSW index valid and its table at least `min_rows`? Read every 30 s."""
-    key = (connection.engine.url.render_as_string(), entity.table)
+    key = (connection.engine.url.render_as_string(), entity.table, min_rows)
     now = time.monotonic()
     cached = _plan_facts.get(key)
     if cached is not None and now - cached[0] < _PLAN_FACTS_SECONDS:
@@ -161,27 +159,69 @@ async def _index_preferred(connection: AsyncConnection, entity: Entity, min_rows
     return preferred
 
 
-async def _tune(session: AsyncSession, entity: Entity, tuning: SearchTuning, depth: int) -> int:
-    """Set, for this transaction, the search settings the connection does not already have."""
+async def _tune(
+    session: AsyncSession,
+    entity: Entity,
+    tuning: SearchTuning,
+    depth: int,
+    *,
+    space_id: int | None = None,
+) -> int:
+    """Before a search's first statement: set, for this transaction, the search settings the
+    connection did not start with, and with `space_id` check the space (`check_space`), both in
+    one statement. None at all on a search engine's connection (`create_engine(search=True)`)
+    searching a large table at the default ef_search, unless a space is checked."""
     ef = min(max(tuning.ef_search, depth), MAX_DEPTH)
     wanted = search_settings(ef, tuning.max_scan_tuples)
     connection = await session.connection()
-    if await _index_preferred(connection, entity, tuning.index_min_rows):
-        wanted.update(PREFER_INDEX)
-    started_with = connection.info.get(SEARCH_SETTINGS_INFO, {})
-    changes = [(name, value) for name, value in wanted.items() if started_with.get(name) != value]
-    if changes:
-        calls = ", ".join(f"set_config(:name{i}, :value{i}, true)" for i in range(len(changes)))
-        params = {}
-        for i, (name, value) in enumerate(changes):
-            params[f"name{i}"], params[f"value{i}"] = name, value
-        await connection.execute(text(f"SELECT {calls}"), params)
+    preferred = await _index_preferred(connection, entity, tuning.index_min_rows)
+    wanted.update(INDEX_PLANS if preferred else ANY_PLAN)
+    started_with = connection.info.get(SEARCH_SETTINGS_INFO)
+    # An engine connection has what it started with and PostgreSQL's defaults; of any other
+    # connection nothing is known, so everything is set.
+    has = {} if started_with is None else {**ANY_PLAN, **started_with}
+    changes = tuple((name, value) for name, value in wanted.items() if has.get(name) != value)
+    if changes or space_id is not None:
+        await _prelude(session, entity, changes, space_id)
     return ef
 
 
+@lru_cache(maxsize=64)
+def _prelude_sql(table: str, settings: int, space: bool) -> TextClause:
+    columns = [f"set_config(:name{i}, :value{i}, true)" for i in range(settings)]
+    if space:
+        # Naming the table takes its lock before the statement's snapshot (see check_space).
+        columns.append(
+            "EXISTS (SELECT 1 FROM embedding_spaces WHERE id = :space AND state = 'active') "
+            f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE false) AS space_ok"
+        )
+    return text("SELECT " + ", ".join(columns))
+
+
+async def _prelude(
+    session: AsyncSession,
+    entity: Entity,
+    changes: tuple[tuple[str, str], ...],
+    space_id: int | None,
+) -> None:
+    params: dict[str, Any] = {}
+    for i, (name, value) in enumerate(changes):
+        params[f"name{i}"], params[f"value{i}"] = name, value
+    if space_id is not None:
+        params["space"] = space_id
+    statement = _prelude_sql(entity.table, len(changes), space_id is not None)
+    try:
+        row = (await session.execute(statement, params)).one()
+    except DBAPIError as exc:
+        _moved_if_replanned(exc)
+        raise
+    if space_id is not None and not row.space_ok:
+        raise SpaceMoved
+
+
 async def _allow_any_plan(session: AsyncSession) -> None:
-    """Undo PREFER_INDEX for the rest of the transaction (a no-op where it was not set)."""
-    calls = ", ".join(f"set_config('{name}', 'on', true)" for name in PREFER_INDEX)
+    """Undo INDEX_PLANS for the rest of the transaction (a no-op where they were not set)."""
+    calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in ANY_PLAN.items())
     await session.execute(text(f"SELECT {calls}"))
 
 
@@ -224,18 +264,9 @@ async def check_space(session: AsyncSession, entity: Entity, space_id: int) -> N
     and the lock is held to the end of the transaction: a cutover (which renames the table's
     columns under an exclusive lock) either committed before this statement saw the spaces, or
     waits until this search is done. The rest of the transaction reads one model's column.
+    `search` makes this check in the statement that sets its settings (`_tune`).
     """
-    sql = (
-        "SELECT EXISTS (SELECT 1 FROM embedding_spaces WHERE id = :space AND state = 'active') "
-        f"AND NOT EXISTS (SELECT 1 FROM {entity.table} WHERE false)"
-    )
-    try:
-        ok = (await session.execute(text(sql), {"space": space_id})).scalar()
-    except DBAPIError as exc:
-        _moved_if_replanned(exc)
-        raise
-    if not ok:
-        raise SpaceMoved
+    await _prelude(session, entity, (), space_id)
 
 
 def _moved_if_replanned(exc: DBAPIError) -> None:
@@ -429,10 +460,8 @@ async def search(
     tuning = tuning or SearchTuning()
     if limit + offset > MAX_DEPTH:
         raise ValidationError(f"limit + offset must be at most {MAX_DEPTH}")
-    if space_id is not None:
-        await check_space(session, entity, space_id)
     depth = limit + offset if mode == "vector" else min(max(4 * (limit + offset), 40), MAX_DEPTH)
-    ef = await _tune(session, entity, tuning, depth)
+    ef = await _tune(session, entity, tuning, depth, space_id=space_id)
     max_distance = None if threshold is None else 1.0 - threshold
     if mode == "vector":
         hits, not_embedded = await vector_page(
