@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from app.core.config import Settings
+from app.core.config import DEFAULT_EF_SEARCH, Settings
 from app.core.urls import to_asyncpg_url
 from app.db import create_engine, session_factory
 from app.embedding.entities import MESSAGES
@@ -19,6 +19,7 @@ from tests.factories import embed_randomly_sql, insert_messages_sql
 
 DIMS = 384  # the test database's column
 ROWS, PENDING = 300, 7
+DEEP = DEFAULT_EF_SEARCH + 50  # a page deeper than the default ef_search
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ async def filled(url: str) -> str:
 
 @pytest.fixture
 async def app_engine(filled: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(url=filled, settings=Settings(hnsw_ef_search=64), pool_size=1)
+    engine = create_engine(url=filled, settings=Settings(), pool_size=1)
     yield engine
     await engine.dispose()
 
@@ -110,8 +111,8 @@ async def test_default_search_is_one_statement_with_rows_and_count(
         ).one()
         truth = await _exact(session, _query())
     assert len(sent) == 1 and sent[0].startswith("WITH nearest"), sent
-    assert tuple(settings) == ("64", "relaxed_order", "force_custom_plan")
-    assert page.ef_search == 64 and page.not_embedded == PENDING
+    assert tuple(settings) == (str(DEFAULT_EF_SEARCH), "relaxed_order", "force_custom_plan")
+    assert page.ef_search == DEFAULT_EF_SEARCH and page.not_embedded == PENDING
     assert [hit.id for hit in page.hits] == truth[5:15]
     assert [hit.vector_rank for hit in page.hits] == list(range(6, 16))
     for hit in page.hits:
@@ -133,14 +134,14 @@ async def test_a_deeper_page_sets_ef_search_for_its_transaction_only(
 ) -> None:
     statements = Statements(app_engine)
     async with session_factory(app_engine)() as session:
-        page = await search.search(session, MESSAGES, _query(), limit=80)
+        page = await search.search(session, MESSAGES, _query(), limit=DEEP)
         ef = (await session.execute(text("SHOW hnsw.ef_search"))).scalar_one()
         await session.commit()
         assert [_kind(s) for s in statements.sql[:2]] == ["SELECT set_config", "WITH nearest"]
         assert statements.sql[0].count("set_config") == 1  # only ef_search differs
-        assert ef == "80" and page.ef_search == 80 and len(page.hits) == 80
+        assert ef == str(DEEP) and page.ef_search == DEEP and len(page.hits) == DEEP
         after = (await session.execute(text("SHOW hnsw.ef_search"))).scalar_one()
-    assert after == "64"  # transaction-local: the connection keeps its own value
+    assert after == str(DEFAULT_EF_SEARCH)  # transaction-local: the connection keeps its own value
 
 
 async def test_empty_page_still_counts_the_rows_not_embedded(app_engine: AsyncEngine) -> None:
@@ -201,14 +202,12 @@ async def test_hybrid_mode_fuses_full_text_and_vector(app_engine: AsyncEngine) -
 
 # ----------------------------------------------------------------- the search engine's plans
 
-LARGE = search.SearchTuning(ef_search=64, index_min_rows=100)  # 307 rows: "large" here
+LARGE = search.SearchTuning(index_min_rows=100)  # 307 rows: "large" here
 
 
 @pytest.fixture
 async def search_engine(filled: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(
-        url=filled, settings=Settings(hnsw_ef_search=64), search=True, pool_size=1
-    )
+    engine = create_engine(url=filled, settings=Settings(), search=True, pool_size=1)
     yield engine
     await engine.dispose()
 
@@ -285,7 +284,7 @@ async def test_the_space_check_and_the_settings_are_one_statement(
         await session.commit()
         checked_only = list(statements.sql)
         statements.sql.clear()
-        await search.search(session, MESSAGES, _query(), limit=80, tuning=LARGE, space_id=space)
+        await search.search(session, MESSAGES, _query(), limit=DEEP, tuning=LARGE, space_id=space)
         await session.commit()
         checked_and_set = list(statements.sql)
         with pytest.raises(search.SpaceMoved):

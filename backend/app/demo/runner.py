@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth import token_service
 from app.auth.curl import curl_example
 from app.core import endpoints
-from app.core.config import Settings
+from app.core.config import DEFAULT_EF_SEARCH, Settings
 from app.core.embedded import free_port
 from app.core.errors import ConfigurationError
 from app.core.supervisor import Child, api_child, stop_all, worker_child
@@ -236,7 +236,9 @@ async def _explain(engine: AsyncEngine, query: np.ndarray, *, force_index: bool)
     from pgvector import Vector
 
     async with engine.begin() as conn:
-        await conn.execute(text("SELECT set_config('hnsw.ef_search', '64', true)"))
+        await conn.execute(
+            text(f"SELECT set_config('hnsw.ef_search', '{DEFAULT_EF_SEARCH}', true)")
+        )
         if force_index:
             await conn.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
         result = await conn.execute(

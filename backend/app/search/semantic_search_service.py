@@ -28,7 +28,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.core.config import Settings
+from app.core.config import DEFAULT_EF_SEARCH, Settings
 from app.core.errors import NotFoundError, ServiceUnavailableError, ValidationError
 from app.db import ANY_PLAN, INDEX_PLANS, SEARCH_SETTINGS_INFO, search_settings
 from app.embedding.entities import ATOMS, MESSAGES, NEEDS_TEXT, Entity
@@ -122,7 +122,7 @@ class SearchPage:
 
 @dataclass(frozen=True)
 class SearchTuning:
-    ef_search: int = 64
+    ef_search: int = DEFAULT_EF_SEARCH
     max_scan_tuples: int = 20000
     # From this many rows on, a table whose HNSW index is valid is always searched through it;
     # below, the planner may choose an exact scan (as fast there, and exact).
