@@ -927,11 +927,12 @@ def render(section: dict[str, Any], plots: Path) -> str:
         f"**The app's query vs the bare query** at ef_search {ef}: "
         "`semantic_search_service.search(session, MESSAGES, vector, limit=10, "
         f"tuning=SearchTuning(ef_search={ef}))` in an AsyncSession bound to a held connection "
-        "of `app.db.create_engine`, against the bare query on another held connection of the "
-        "same engine, each timed with its commit, same queries, rounds interleaved. The "
-        "statement columns are the p50 of each statement of the service, timed in a separate "
-        "pass (the first statement of a transaction carries its BEGIN; engine connections "
-        "start with the search settings, so a search at the default ef_search sends no "
+        "of `app.db.create_engine(search=True)` (the API's search pool), against the bare "
+        "query on another held connection of the same engine, each timed with its commit, same "
+        "queries, rounds interleaved. The statement columns are the p50 of each statement of "
+        "the service, timed in a separate pass (the first statement of a transaction carries "
+        "its BEGIN; a search engine's connections start with the search settings and the "
+        "index-only plans, so a search at the default ef_search over a large table sends no "
         "set_config); 'same ids' is the share of queries where both return the same rows.",
         "",
         *_app_table(section),
