@@ -34,9 +34,11 @@ SEARCH_SETTINGS_INFO = "search_settings"  # key in a connection's info: the GUCs
 # The planner prices an HNSW scan by ef_search: a deep page (ef_search raised to limit +
 # offset), a filter or a threshold can make a sequential scan look cheaper, and it is then
 # 100x slower (measured: 454 ms instead of 4 ms at 100k x 1536, ef_search 200). A vector search
-# over a large table whose index is valid runs with the other plans off (INDEX_PLANS); any
-# other statement runs with them on (ANY_PLAN: PostgreSQL's defaults, which a connection has
-# unless it was started with INDEX_PLANS).
+# over a large table whose index is valid runs with the other plans off (INDEX_PLANS). The
+# connections of a search engine start so: every statement of a search's transaction runs with
+# them off (the space and config lookups, the not-embedded count: the same rows, other plans)
+# unless the search turns them on (ANY_PLAN: PostgreSQL's defaults, which the connections of
+# any other engine keep) for a small table or a full-text step.
 INDEX_PLANS = {"enable_seqscan": "off", "enable_sort": "off"}
 ANY_PLAN = dict.fromkeys(INDEX_PLANS, "on")
 

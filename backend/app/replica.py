@@ -1,6 +1,8 @@
 """Read-only work on a streaming replica (DATABASE_READ_URL), the primary when it cannot serve.
 
-Search and the other read-only routes take their session from `ReadRouter.session()`. The
+Searches (the search routes and the console's) take their session from `ReadRouter.session()`:
+its connections, the replica's and the primary's alike, start with the index-only plans of a
+vector search (`app.db.create_engine(search=True)`), so it is for searches only. The
 replica serves while it answers and its replay lag stays within READ_REPLICA_MAX_LAG_SECONDS;
 its health is read at most every READ_REPLICA_CHECK_SECONDS, and a connection it refuses sends
 that request, and the following ones until the next check, to the primary. Writes, the

@@ -239,6 +239,8 @@ async def test_on_a_search_engine_a_large_table_is_searched_through_the_index_in
     assert [_kind(s) for s in sent] == ["page"], sent
     assert plans == ("off", "off")
     assert "Index Scan using messages_embedding_hnsw_idx" in plan, plan
+    # The nearest rows are sorted exactly before the page's OFFSET (the scan's order is relaxed).
+    assert "Sort Key: ((nearest.distance + " in plan, plan
     assert [hit.id for hit in page.hits] == truth[:10]
     # The same search on the write engine's connection turns the other plans off itself.
     statements = Statements(app_engine)

@@ -29,10 +29,12 @@ async def get_session(
             await session.rollback()
 
 
-async def get_read_session(
+async def get_search_session(
     state: Annotated[AppState, Depends(get_state)],
 ) -> AsyncIterator[AsyncSession]:
-    """A session for read-only routes: on the read replica while it serves, else the primary."""
+    """A session for the search routes: on the read replica while it serves, else on the
+    primary's search pool. Its connections start with a vector search's index-only plans
+    (app.db.INDEX_PLANS): not a session for other reads."""
     async with state.reads.session() as session:
         try:
             yield session
@@ -42,7 +44,7 @@ async def get_read_session(
 
 StateDep = Annotated[AppState, Depends(get_state)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+SearchSessionDep = Annotated[AsyncSession, Depends(get_search_session)]
 
 
 def rate_limit(group: RouteGroup, access: Any) -> Any:

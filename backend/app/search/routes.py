@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import ReadSessionDep, StateDep, rate_limit
+from app.api.deps import SearchSessionDep, StateDep, rate_limit
 from app.api.limits import RATE_LIMIT_RESPONSES, RouteGroup
 from app.auth.dependencies import AUTH_RESPONSES, SearchAccess
 from app.core.metrics import observe_search
@@ -65,7 +65,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 async def _search(
     state: StateDep,
     registry: RegistryDep,
-    session: ReadSessionDep,
+    session: SearchSessionDep,
     entity: Entity,
     body: SearchRequest,
     filters: search.SearchFilters,
@@ -83,7 +83,7 @@ async def _search(
 
 @router.post("/messages", summary="Search messages by meaning")
 async def search_messages(
-    body: MessageSearchRequest, state: StateDep, registry: RegistryDep, session: ReadSessionDep
+    body: MessageSearchRequest, state: StateDep, registry: RegistryDep, session: SearchSessionDep
 ) -> SearchResponse:
     """Messages nearest to the query (cosine, HNSW); `mode=hybrid` adds full-text matches."""
     filters = search.SearchFilters(
@@ -97,7 +97,7 @@ async def search_messages(
 
 @router.post("/atoms", summary="Search atoms by meaning")
 async def search_atoms(
-    body: AtomSearchRequest, state: StateDep, registry: RegistryDep, session: ReadSessionDep
+    body: AtomSearchRequest, state: StateDep, registry: RegistryDep, session: SearchSessionDep
 ) -> SearchResponse:
     """Atoms nearest to the query, optionally of some types or one topic."""
     filters = search.SearchFilters(
@@ -109,7 +109,7 @@ async def search_atoms(
 async def _similar(
     state: StateDep,
     registry: RegistryDep,
-    session: ReadSessionDep,
+    session: SearchSessionDep,
     entity: Entity,
     row_id: uuid.UUID,
     limit: int,
@@ -142,7 +142,7 @@ async def similar_messages(
     message_id: uuid.UUID,
     state: StateDep,
     registry: RegistryDep,
-    session: ReadSessionDep,
+    session: SearchSessionDep,
     limit: Limit = 10,
     threshold: Threshold = None,
 ) -> SearchResponse:
@@ -155,7 +155,7 @@ async def similar_atoms(
     atom_id: uuid.UUID,
     state: StateDep,
     registry: RegistryDep,
-    session: ReadSessionDep,
+    session: SearchSessionDep,
     limit: Limit = 10,
     threshold: Threshold = None,
 ) -> SearchResponse:
