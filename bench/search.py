@@ -374,7 +374,7 @@ class StatementClock:
     LABELS = (
         ("SELECT set_config", "set_config"),
         ("SELECT pending.count", "search statement"),
-        ("WITH nearest", "search statement"),
+        ("SELECT id, distance", "search statement"),
         ("SELECT count(*)", "count not embedded"),
         ("SELECT id, external_id", "load rows"),
     )

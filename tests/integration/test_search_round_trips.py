@@ -81,7 +81,7 @@ def _kind(sql: str) -> str:
     """ "page" for the statement of a vector page, else the statement's first words."""
     if sql.startswith("SELECT pending.count AS not_embedded"):
         return "page"
-    return sql.split("(")[0].removesuffix(" AS MATERIALIZED ").strip()
+    return sql.split("(")[0].strip()
 
 
 async def _exact(session: AsyncSession, query: np.ndarray, where: str = "TRUE") -> list[Any]:
@@ -297,3 +297,19 @@ async def test_the_space_check_and_the_settings_are_one_statement(
     assert [_kind(s) for s in checked_only] == ["SELECT EXISTS", "page"], checked_only
     assert [_kind(s) for s in checked_and_set] == ["SELECT set_config", "page"]
     assert "embedding_spaces" in checked_and_set[0] and checked_and_set[0].count("set_config") == 1
+
+
+async def test_hybrid_on_a_search_engine_runs_its_full_text_step_with_any_plan(
+    search_engine: AsyncEngine,
+) -> None:
+    async with session_factory(search_engine)() as session:
+        page = await search.search(
+            session, MESSAGES, _query(), query_text="waiting", limit=10, mode="hybrid", tuning=LARGE
+        )
+        inside = await _plans(session)
+        await session.commit()
+        after = await _plans(session)
+    fulltext = [h for h in page.hits if "fulltext" in h.matched_by]
+    assert fulltext and all(h.row["content"].startswith("waiting") for h in fulltext)
+    assert any("vector" in h.matched_by for h in page.hits)
+    assert inside == ("on", "on") and after == ("off", "off")

@@ -22,17 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 class AppState:
-    def __init__(self, settings: Settings, engine: AsyncEngine | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.engine: AsyncEngine = engine or create_engine(settings=settings)
+        self.engine: AsyncEngine = create_engine(settings=settings)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         # Searches on the primary take their connections from a pool of their own, whose
         # connections start with the index-only plans a search wants (app.db.create_engine).
-        self.search_engine: AsyncEngine = create_engine(
-            engine.url.render_as_string(hide_password=False) if engine is not None else None,
-            settings,
-            search=True,
-        )
+        self.search_engine: AsyncEngine = create_engine(settings=settings, search=True)
         self.reads = ReadRouter(settings, session_factory(self.search_engine))
         # A client of its own, on this app's NATS_URL and stream: the process-wide broker is the
         # worker's. Shared by every app of a process (the tests' many), a client left connected

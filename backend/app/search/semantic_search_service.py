@@ -166,13 +166,14 @@ async def _tune(
     depth: int,
     *,
     space_id: int | None = None,
-) -> int:
+) -> tuple[int, bool]:
     """Before a search's first statement: set, for this transaction, the search settings the
     connection did not start with, and with `space_id` check the space (`check_space`), both in
     one statement. None at all on a search engine's connection (`create_engine(search=True)`)
     searching a large table at the default ef_search, unless a space is checked. It compares
     with what the connection started with, not with what an earlier search of the same
-    transaction set: one search per transaction, as every caller does."""
+    transaction set: one search per transaction, as every caller does. Returns the ef_search
+    and whether the transaction runs with INDEX_PLANS."""
     ef = min(max(tuning.ef_search, depth), MAX_DEPTH)
     wanted = search_settings(ef, tuning.max_scan_tuples)
     connection = await session.connection()
@@ -185,7 +186,7 @@ async def _tune(
     changes = tuple((name, value) for name, value in wanted.items() if has.get(name) != value)
     if changes or space_id is not None:
         await _prelude(session, entity, changes, space_id)
-    return ef
+    return ef, preferred
 
 
 @lru_cache(maxsize=64)
@@ -222,12 +223,6 @@ async def _prelude(
         raise SpaceMoved
 
 
-async def _allow_any_plan(session: AsyncSession) -> None:
-    """Undo INDEX_PLANS for the rest of the transaction (a no-op where they were not set)."""
-    calls = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in ANY_PLAN.items())
-    await session.execute(text(f"SELECT {calls}"))
-
-
 def _where(
     entity: Entity, filters: SearchFilters, exclude: uuid.UUID | None
 ) -> tuple[str, dict[str, Any]]:
@@ -238,19 +233,22 @@ def _where(
     return where, params
 
 
-def _nearest_sql(entity: Entity, where: str, depth: int) -> str:
+def _nearest_sql(entity: Entity, columns: str, where: str, depth: int) -> str:
+    """The `depth` nearest embedded rows (`columns` and their distance) as a LIMIT subquery,
+    planned on its own: no outer qual is pushed into it."""
     # LIMIT is an int we validated, inlined so every plan sees the real row count.
     return (
-        f"WITH nearest AS MATERIALIZED (SELECT id, embedding <=> :q AS distance FROM {entity.table} "
+        f"(SELECT {columns}, embedding <=> :q AS distance FROM {entity.table} "
         f"WHERE embedding IS NOT NULL AND {where} ORDER BY embedding <=> :q LIMIT {int(depth)}) "
+        "nearest"
     )
 
 
 _WITHIN = "(CAST(:max_distance AS float8) IS NULL OR distance <= :max_distance)"
 # The nearest rows sorted again, exactly, before a page's OFFSET cuts them: the index scan
 # returns them in relaxed order once it iterates (a filter, dead entries), and ORDER BY
-# distance alone would be taken as already satisfied by the subquery's (or CTE's) own ORDER BY
-# (PostgreSQL 17+ passes it up), so there would be no sort. `+ 0` is a different expression.
+# distance alone would be taken as already satisfied by the subquery's own ORDER BY, so there
+# would be no sort. `+ 0` is a different expression.
 _EXACT_ORDER = "distance + 0"
 
 
@@ -298,8 +296,8 @@ async def vector_candidates(
 ) -> list[tuple[uuid.UUID, float]]:
     """(id, cosine distance) of the `depth` nearest embedded rows, nearest first."""
     where, params = _where(entity, filters, exclude)
-    sql = _nearest_sql(entity, where, depth)
-    sql += f"SELECT id, distance FROM nearest WHERE {_WITHIN} ORDER BY {_EXACT_ORDER}"
+    nearest = _nearest_sql(entity, "id", where, depth)
+    sql = f"SELECT id, distance FROM {nearest} WHERE {_WITHIN} ORDER BY {_EXACT_ORDER}"
     params.update(q=_bind(query), max_distance=max_distance)
     return [(row.id, float(row.distance)) for row in await session.execute(text(sql), params)]
 
@@ -379,11 +377,10 @@ def _page_sql(entity: Entity, where: str, count_where: str, limit: int, offset: 
     # (no qual is pushed into it): planning this statement takes a third of the time the
     # materialized CTE and its join took (0.18 vs 0.51 ms measured at 100k rows).
     columns = _COLUMNS[entity.name]
+    nearest = _nearest_sql(entity, columns, where, limit + offset)
     return text(
         f"SELECT pending.count AS not_embedded, page.* FROM ({_pending_sql(entity, count_where)}) "
-        f"pending LEFT JOIN LATERAL (SELECT {columns}, distance FROM (SELECT {columns}, "
-        f"embedding <=> :q AS distance FROM {entity.table} WHERE embedding IS NOT NULL AND "
-        f"{where} ORDER BY embedding <=> :q LIMIT {int(limit + offset)}) nearest "
+        f"pending LEFT JOIN LATERAL (SELECT {columns}, distance FROM {nearest} "
         f"WHERE {_WITHIN} ORDER BY {_EXACT_ORDER} OFFSET {int(offset)}) page ON TRUE "
         "ORDER BY page.distance"
     )
@@ -474,7 +471,7 @@ async def search(
     if limit + offset > MAX_DEPTH:
         raise ValidationError(f"limit + offset must be at most {MAX_DEPTH}")
     depth = limit + offset if mode == "vector" else min(max(4 * (limit + offset), 40), MAX_DEPTH)
-    ef = await _tune(session, entity, tuning, depth, space_id=space_id)
+    ef, index_plans = await _tune(session, entity, tuning, depth, space_id=space_id)
     max_distance = None if threshold is None else 1.0 - threshold
     if mode == "vector":
         hits, not_embedded = await vector_page(
@@ -499,7 +496,8 @@ async def search(
     )
     fulltext: list[uuid.UUID] = []
     if mode == "hybrid" and query_text:
-        await _allow_any_plan(session)  # the full-text scan needs the plans the vector one may not
+        if index_plans:  # the full-text scan needs the plans the vector one may not have
+            await _prelude(session, entity, tuple(ANY_PLAN.items()), None)
         fulltext = await fulltext_candidates(
             session, entity, query_text, depth=depth, filters=filters
         )
