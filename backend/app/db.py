@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from app.core.config import Settings, get_settings
 from app.core.endpoints import ensure_database_url
 from app.core.errors import ConfigurationError
-from app.core.urls import redact_url
+from app.core.urls import redact_url, to_asyncpg_url
 
 HNSW_MIN_VECTOR_VERSION = (0, 5, 0)
 SEARCH_SETTINGS_INFO = "search_settings"  # key in a connection's info: the GUCs it started with
@@ -76,10 +77,20 @@ def create_engine(
     sessions): its connections start with INDEX_PLANS, which a search over a large table with
     a valid index wants, so that search needs no settings statement of its own. Searches over
     a small table, and full-text ones, turn the plans back on for their transaction.
+
+    Behind a pooler in transaction mode (DATABASE_POOL_MODE=transaction) a connection is a
+    different server session at every transaction: it starts with no settings of ours
+    (PgBouncer refuses unknown startup parameters), so every search sets its own for its
+    transaction, and no prepared statement outlives its statement (`_POOLED`).
     """
     settings = settings or get_settings()
-    searching = search_settings(
-        settings.hnsw_ef_search, settings.hnsw_max_scan_tuples, index_plans=search
+    pooled = settings.database_pool_mode == "transaction"
+    searching = (
+        {}
+        if pooled
+        else search_settings(
+            settings.hnsw_ef_search, settings.hnsw_max_scan_tuples, index_plans=search
+        )
     )
     options: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
@@ -98,6 +109,7 @@ def create_engine(
     options["connect_args"] = {
         "timeout": 10,
         "command_timeout": settings.db_command_timeout_seconds,
+        **(_POOLED if pooled else {}),
         **given,
         "server_settings": {**searching, **given.get("server_settings", {})},
     }
@@ -106,14 +118,47 @@ def create_engine(
     return engine
 
 
+def _statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+# asyncpg's and SQLAlchemy's caches of prepared statements off, and a unique name for the
+# statements SQLAlchemy still prepares: through a transaction pooler, a statement prepared on
+# one server session is not there at the next transaction, and a counter's name is already
+# taken on a server session another client prepared it on.
+_POOLED: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _statement_name,
+}
+
+
+def direct_database_url(settings: Settings) -> str:
+    """The server itself, for work that needs a session of its own (alembic, index builds:
+    session-level SETs around CREATE INDEX CONCURRENTLY, which no transaction can hold)."""
+    if settings.database_direct_url:
+        return to_asyncpg_url(settings.database_direct_url)
+    if settings.database_pool_mode == "transaction":
+        raise ConfigurationError(
+            "migrations and index builds need a session of their own, and DATABASE_URL goes "
+            "through a pooler in transaction mode (DATABASE_POOL_MODE=transaction). Fix: set "
+            "DATABASE_DIRECT_URL to the PostgreSQL server itself."
+        )
+    return ensure_database_url(settings)
+
+
 def migration_engine(url: str | None = None, settings: Settings | None = None) -> AsyncEngine:
-    """The engine `alembic` runs on: one connection, no client-side statement timeout.
+    """The engine `alembic` runs on: one connection, no client-side statement timeout, to the
+    server itself (`direct_database_url`).
 
     An HNSW build on a real table takes minutes to hours; asyncpg's `command_timeout` would
     cancel it and leave the index INVALID. The index session bounds itself server-side
     (`statement_timeout = 0` and its own `lock_timeout`).
     """
-    return create_engine(url, settings, poolclass=NullPool, connect_args={"command_timeout": None})
+    settings = settings or get_settings()
+    url = url or direct_database_url(settings)
+    direct = settings.model_copy(update={"database_pool_mode": "session"})
+    return create_engine(url, direct, poolclass=NullPool, connect_args={"command_timeout": None})
 
 
 def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:
@@ -158,11 +203,26 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
             raise
 
 
+def pooler_refusal(exc: BaseException) -> str | None:
+    """What to do when a pooler in transaction mode refused the settings a connection starts
+    with (PgBouncer: `unsupported startup parameter`), else None."""
+    if "unsupported startup parameter" not in str(exc):
+        return None
+    return (
+        f"refused a setting at connect ({exc}): a pooler in transaction mode (PgBouncer) takes "
+        "none. Fix: set DATABASE_POOL_MODE=transaction, and DATABASE_DIRECT_URL to the "
+        "PostgreSQL server itself for migrations."
+    )
+
+
 def explain_connection_error(exc: BaseException, url: str) -> str:
     """One line naming what went wrong connecting to `url`, and the fix."""
     where = redact_url(url)
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
     cause = getattr(cause, "__cause__", None) or cause
+    refusal = pooler_refusal(cause)
+    if refusal is not None:
+        return f"{where} {refusal}"
     if isinstance(
         cause, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
     ):

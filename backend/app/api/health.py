@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import get_state
+from app.db import pooler_refusal
 
 router = APIRouter(tags=["health"])
 
@@ -27,7 +28,8 @@ async def ready(request: Request) -> JSONResponse:
             await conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-        checks["database"] = f"unavailable: {type(exc).__name__}"
+        refusal = pooler_refusal(exc)
+        checks["database"] = f"unavailable: {refusal or type(exc).__name__}"
     client = getattr(state.broker, "client", None)
     checks["broker"] = "ok" if client is None or client.is_connected else "unavailable"
     healthy = all(value == "ok" for value in checks.values())

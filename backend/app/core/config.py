@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # A streaming replica for search and other read-only routes; unset: everything on the primary.
     database_read_url: str | None = None
+    # What sits between the app and PostgreSQL. `session`: nothing, or a pooler in session mode.
+    # `transaction`: a pooler in transaction mode (PgBouncer's pool_mode = transaction,
+    # Supavisor): connections then carry no settings of their own (app.db.create_engine) and
+    # migrations and index builds, which need a session, go to DATABASE_DIRECT_URL.
+    database_pool_mode: Literal["session", "transaction"] = "session"
+    # The PostgreSQL server itself, when DATABASE_URL goes through a transaction pooler.
+    database_direct_url: str | None = None
     read_replica_max_lag_seconds: float = Field(default=10.0, ge=0)
     read_replica_check_seconds: float = Field(default=5.0, gt=0)
     # One NATS server, or several of one cluster, comma-separated (nats://a:4222,nats://b:4222):
