@@ -27,7 +27,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -441,10 +441,14 @@ async def delete_stream(nats_url: str, stream: str) -> None:
 
 
 async def measure(
-    nats_url: str, systems: Sequence[tuple[str, Provider]], plan: Plan
+    nats_url: str,
+    systems: Sequence[tuple[str, Provider]],
+    plan: Plan,
+    at_end: Callable[[], Awaitable[None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every level of every variant of every (database URL, provider): one API process each, all
-    up at once, `plan.rounds` times with levels and variants interleaved."""
+    up at once, `plan.rounds` times with levels and variants interleaved; then `at_end`, with
+    the API processes still up."""
     variants = [(db, p, name, cached) for db, p in systems for name, cached in _variants(p, plan)]
     queries = {name: Queries(cached) for _, _, name, cached in variants}
     rounds: dict[str, dict[int, list[dict[str, Any]]]] = {
@@ -464,6 +468,8 @@ async def measure(
             meter = CpuMeter(conns[db], {"api": server.api.pid, "stub": server.stub_pid})
             run, cpu = await drive(server.url, server.headers, level, queries[name], plan, meter)
             rounds[name][level].append({"round": number, **round_figures(run, cpu)})
+        if at_end is not None:
+            await at_end()
     return [
         {
             "name": name,

@@ -16,6 +16,7 @@ NAMED_ONLY = (
     "halfvec",
     "real",
     "freshness",
+    "pooler",
     "load",
     "faults",
     "workers",
@@ -28,7 +29,7 @@ def bench(
         str,
         typer.Argument(
             help="pipeline, search, index, api or all (the four); migrate, scale, freshness, load, "
-            "faults, halfvec (1,000,000 x 1536 stored as halfvec), real (the local model's embeddings of a "
+            "faults, pooler (the API behind PgBouncer in transaction mode), halfvec (1,000,000 x 1536 stored as halfvec), real (the local model's embeddings of a "
             "real corpus beside the generator), workers (1, 2, 4 worker processes and a 3-node cluster: docs/SCALING.md) or "
             "switch (an embedding-model switch of 100,000 rows)."
         ),

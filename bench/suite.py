@@ -38,6 +38,7 @@ ORDER = (
     "index",
     "migrate",
     "api",
+    "pooler",
     "load",
     "faults",
     "switch",
@@ -124,6 +125,7 @@ def sections() -> dict[str, Section]:
         load,
         migrate,
         pipeline_suite,
+        pooler,
         search,
         search_halfvec,
         search_real,
@@ -141,6 +143,7 @@ def sections() -> dict[str, Section]:
         "real": search_real,
         "freshness": freshness,
         "api": api,
+        "pooler": pooler,
         "load": load,
         "faults": faults,
         "switch": switch,
@@ -260,7 +263,7 @@ def write_report(results: dict[str, Any], docs: Path = DOCS) -> Path:
     out = [
         "# Benchmarks",
         "",
-        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|halfvec|real|freshness|load|faults|switch] "
+        "Written by `uv run tasktracker bench [pipeline|search|index|api|all|migrate|scale|halfvec|real|freshness|pooler|load|faults|switch] "
         "[--quick]` (or `just bench`) from the raw figures in "
         "[bench/results.json](bench/results.json); do not edit by hand (the analysis at the "
         "end comes from [bench/analysis.md](bench/analysis.md)). Every figure is a median over "

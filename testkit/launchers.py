@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -267,6 +268,7 @@ class PgBouncer:
             "unix_socket_dir =\n"
             "auth_type = trust\n"  # loopback only; the server line logs in to Postgres
             f"auth_file = {users}\n"
+            "admin_users = postgres\n"  # SHOW POOLS on the console (`pools`)
             f"pool_mode = {self.pool_mode}\n"
             f"default_pool_size = {self.server_connections}\n"
             "max_client_conn = 500\n"
@@ -293,6 +295,17 @@ class PgBouncer:
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def pools(self) -> list[dict[str, str]]:
+        """`SHOW POOLS` on PgBouncer's admin console (simple queries only: psql, not asyncpg)."""
+        result = subprocess.run(
+            [str(psql_binary()), "-X", "--csv", "-c", "SHOW POOLS", self.url("pgbouncer")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return list(csv.DictReader(result.stdout.splitlines()))
 
     def log(self) -> str:
         """PgBouncer's log, and what it printed before it had one."""
