@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -96,7 +96,7 @@ def create_engine(
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
-        "pool_pre_ping": True,
+        # not pool_pre_ping: on asyncpg it costs three round trips a checkout (_ping_on_checkout)
         # Statement parameters are messages' content, tokens' hashes, encrypted keys: an error
         # (and its traceback) names the statement only.
         "hide_parameters": True,
@@ -115,6 +115,7 @@ def create_engine(
     }
     engine = create_async_engine(url or ensure_database_url(settings), **options)
     event.listen(engine.sync_engine, "connect", _on_connect(options["connect_args"]))
+    event.listen(engine.sync_engine, "checkout", _ping_on_checkout)
     return engine
 
 
@@ -169,8 +170,31 @@ def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:
         the settings the connection started with, which the search service reads."""
         dbapi_connection.run_async(_register_vector)
         record.info[SEARCH_SETTINGS_INFO] = started_with
+        record.info[_FRESH] = True
 
     return on_connect
+
+
+_FRESH = "fresh"  # key in a connection's info: not checked out yet, so not pinged
+
+
+def _ping_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """A pooled connection is alive before a request gets it: `SELECT 1` as a simple query (one
+    round trip; SQLAlchemy's pool_pre_ping on asyncpg sends BEGIN, `;` and ROLLBACK, three).
+
+    A dead one (the server restarted, a failover, an idle timeout) invalidates the pool, as
+    pre-ping does: every connection made before it is replaced, and this checkout connects
+    anew, so a request after a restart gets a live connection or the connect error (503), not
+    a broken pipe. A connection just made is not pinged."""
+    if record.info.pop(_FRESH, False):
+        return
+    try:
+        # asyncpg's execute without arguments: the simple query protocol, one message
+        dbapi_connection.run_async(lambda connection: connection.execute("SELECT 1"))
+    except Exception as exc:
+        if not is_transient_db_error(exc):
+            raise  # a defect, not a dead connection: never hidden behind reconnects
+        raise InvalidatePoolError(f"pooled connection failed its ping: {exc!r}") from exc
 
 
 async def _register_vector(connection: Any) -> None:
