@@ -44,7 +44,7 @@ from app.core import endpoints
 from app.core.config import Settings
 from app.core.embedded import free_port
 from app.core.supervisor import Child, api_child, stop_all
-from app.core.urls import nats_servers, to_asyncpg_url
+from app.core.urls import nats_servers, redact_url, to_asyncpg_url
 from app.indexes.catalog import VECTOR_INDEXES, build_session_sql
 from app.models.base import TEXT_HASH_FUNCTION
 from bench.pipeline import cpu_seconds as pipeline_cpu_seconds
@@ -476,7 +476,8 @@ async def measure(
             "provider": provider.kind,
             "dims": provider.dims,
             "cached": cached,
-            "env": dict(provider.env),
+            # the report is committed: a URL's password never goes into it
+            "env": {k: redact_url(v) if k.endswith("_URL") else v for k, v in provider.env},
             "levels": [
                 {"clients": level, "summary": summarise(runs), "rounds": runs}
                 for level, runs in rounds[name].items()

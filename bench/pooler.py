@@ -12,6 +12,8 @@ At the end: how many server connections each API holds (pg_stat_activity and SHO
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +24,7 @@ import asyncpg
 
 from app.core import endpoints
 from app.core.config import Settings
+from app.core.urls import database_name
 from bench.api import Plan as ApiPlan
 from bench.api import Provider, load_messages, measure
 from bench.pipeline import migrate
@@ -69,7 +72,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
                 "stub",
                 DIMS,
                 env=(
-                    ("DATABASE_URL", bouncer.url(db.rsplit("/", 1)[1].split("?")[0])),
+                    ("DATABASE_URL", bouncer.url(database_name(db))),
                     ("DATABASE_POOL_MODE", "transaction"),
                     ("DATABASE_DIRECT_URL", db),
                 ),
@@ -92,6 +95,7 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
             variants = await measure(nats_url, [(db, direct), (db, pooled)], api_plan, held)
         finally:
             bouncer.stop()
+            shutil.rmtree(folder, ignore_errors=True)
     return {
         "config": {**asdict(plan), "dims": DIMS, "quick": quick, "pgbouncer": _version()},
         "variants": variants,
@@ -111,11 +115,10 @@ async def _connections(db: str, bouncer: PgBouncer) -> dict[str, int]:
     finally:
         await conn.close()
     kinds = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
-    database = db.rsplit("/", 1)[1].split("?")[0]
     pooled = sum(
         int(row.get(kind) or 0)
         for row in bouncer.pools()
-        if row["database"] == database
+        if row["database"] == database_name(db)
         for kind in kinds
     )
     # the benchmark's own connection for the CPU meter is the one left
@@ -123,8 +126,6 @@ async def _connections(db: str, bouncer: PgBouncer) -> dict[str, int]:
 
 
 def _version() -> str:
-    import subprocess
-
     binary = PgBouncer.binary()
     out = subprocess.run([binary or "pgbouncer", "--version"], capture_output=True, text=True)
     return (out.stdout.splitlines() or ["unknown"])[0]

@@ -233,9 +233,8 @@ class PgBouncer:
 
     @staticmethod
     def binary() -> str | None:
-        return shutil.which("pgbouncer") or next(
-            (p for p in ("/usr/sbin/pgbouncer",) if Path(p).exists()), None
-        )
+        """Debian's pgbouncer, also where /usr/sbin is not on the PATH (not root)."""
+        return shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 
     def _server_line(self) -> str:
         server, query = self.server, parse_qs(self.server.query)

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -119,18 +118,18 @@ def create_engine(
     return engine
 
 
-def _statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4().hex}__"
-
-
-# asyncpg's and SQLAlchemy's caches of prepared statements off, and a unique name for the
-# statements SQLAlchemy still prepares: through a transaction pooler, a statement prepared on
-# one server session is not there at the next transaction, and a counter's name is already
-# taken on a server session another client prepared it on.
+# asyncpg's and SQLAlchemy's caches of prepared statements off, and the statements SQLAlchemy
+# still prepares unnamed: through a transaction pooler a named statement stays on the server
+# session it was prepared on (closed, if ever, from a later transaction on another one), so
+# they pile up there, and a counter's name may be taken on a session another client used. An
+# unnamed statement lasts until the next one: at most one a server session. Each is prepared
+# and run inside the transaction that holds the server session (every statement of the app's
+# pools runs in one; what runs outside, CREATE INDEX CONCURRENTLY, goes to
+# DATABASE_DIRECT_URL).
 _POOLED: dict[str, Any] = {
     "statement_cache_size": 0,
     "prepared_statement_cache_size": 0,
-    "prepared_statement_name_func": _statement_name,
+    "prepared_statement_name_func": lambda: "",
 }
 
 
@@ -192,8 +191,11 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # asyncpg's execute without arguments: the simple query protocol, one message
         dbapi_connection.run_async(lambda connection: connection.execute("SELECT 1"))
     except Exception as exc:
-        if not is_transient_db_error(exc):
-            raise  # a defect, not a dead connection: never hidden behind reconnects
+        # A timeout says the server is slow, not that the connection is dead: no reconnect
+        # storm on a loaded server. Anything else that is not a lost connection is a defect,
+        # never hidden behind reconnects.
+        if isinstance(exc, TimeoutError) or not is_transient_db_error(exc):
+            raise
         raise InvalidatePoolError(f"pooled connection failed its ping: {exc!r}") from exc
 
 
@@ -229,12 +231,14 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
 
 def pooler_refusal(exc: BaseException) -> str | None:
     """What to do when a pooler in transaction mode refused the settings a connection starts
-    with (PgBouncer: `unsupported startup parameter`), else None."""
-    if "unsupported startup parameter" not in str(exc):
+    with (PgBouncer: `unsupported startup parameter: NAME`), else None."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    message = str(cause).splitlines()[0] if str(cause) else ""
+    if "unsupported startup parameter" not in message:
         return None
     return (
-        f"refused a setting at connect ({exc}): a pooler in transaction mode (PgBouncer) takes "
-        "none. Fix: set DATABASE_POOL_MODE=transaction, and DATABASE_DIRECT_URL to the "
+        f"refused a setting at connect ({message}): a pooler in transaction mode (PgBouncer) "
+        "takes none. Fix: set DATABASE_POOL_MODE=transaction, and DATABASE_DIRECT_URL to the "
         "PostgreSQL server itself for migrations."
     )
 
@@ -352,10 +356,13 @@ def alembic(
 ) -> subprocess.CompletedProcess[str]:
     """`alembic ARGS` as users run it: a child process, from the project root, on `url`."""
     root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else None
+    # `url` is the database to migrate, the server itself: not a DATABASE_DIRECT_URL or a
+    # pool mode this process's environment or .env may hold for another database
+    child = {"DATABASE_DIRECT_URL": "", "DATABASE_POOL_MODE": "session", **(env or {})}
     return subprocess.run(
         alembic_argv(*args),
         cwd=root,
-        env={**os.environ, **(env or {}), "DATABASE_URL": url},
+        env={**os.environ, **child, "DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=timeout,

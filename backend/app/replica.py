@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
-from app.db import create_engine, session_factory
+from app.db import create_engine, pooler_refusal, session_factory
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ReadRouter:
                     await asyncio.wait_for(conn.execute(LAG_SQL), CHECK_TIMEOUT)
                 ).one()
         except UNREACHABLE as exc:
-            self._set(False, None, f"unreachable ({type(exc).__name__})")
+            self._set(False, None, _unreachable(exc))
             return self.health
         if not in_recovery:
             self._set(False, None, "not a replica (pg_is_in_recovery() is false)")
@@ -116,7 +116,7 @@ class ReadRouter:
                 await session.connection()
             except UNREACHABLE as exc:
                 await session.close()
-                self._set(False, None, f"unreachable ({type(exc).__name__})")
+                self._set(False, None, _unreachable(exc))
             else:
                 async with session:
                     yield session
@@ -138,3 +138,8 @@ async def replica_health(settings: Settings) -> ReplicaHealth | None:
         return await router.check()
     finally:
         await router.aclose()
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why the replica is skipped: the error's kind, or what a pooler refused and the fix."""
+    return f"unreachable ({pooler_refusal(exc) or type(exc).__name__})"

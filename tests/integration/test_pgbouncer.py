@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.core.urls import to_asyncpg_url
+from app.core.urls import database_name, to_asyncpg_url
 from app.db import create_engine, session_factory
 from app.embedding.entities import MESSAGES
 from app.models.api_token import TokenScope
@@ -36,15 +36,11 @@ SETTINGS_SQL = text(
 )
 
 
-def _database(url: str) -> str:
-    return url.rsplit("/", 1)[1].split("?")[0]
-
-
 async def test_api_and_worker_through_pgbouncer_in_transaction_mode(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     bouncer = PgBouncer(pipeline.db_url, tmp_path / "pgbouncer").start()
-    pooled_url = bouncer.url(_database(pipeline.db_url))
+    pooled_url = bouncer.url(database_name(pipeline.db_url))
     env = {
         "DATABASE_URL": pooled_url,
         "DATABASE_POOL_MODE": "transaction",
@@ -91,9 +87,33 @@ async def test_api_and_worker_through_pgbouncer_in_transaction_mode(
                             ]
                 finally:
                     await direct.dispose()
-        assert "prepared statement" not in bouncer.log()
+        # Nothing piles up on the server sessions the API and the worker shared.
+        assert await _prepared_statements(pooled_url) == [0, 0]
     finally:
         bouncer.stop()
+
+
+async def _prepared_statements(pooled_url: str) -> list[int]:
+    """Named prepared statements on each of PgBouncer's two server sessions: two transactions
+    open at once hold one each."""
+    settings = Settings(database_url=pooled_url, database_pool_mode="transaction")
+    engine = create_engine(settings=settings, pool_size=2)
+    try:
+        async with engine.connect() as first, engine.connect() as second:
+            counts = {}
+            for conn in (first, second):
+                pid, count = (
+                    await conn.execute(
+                        text("SELECT pg_backend_pid(), count(*) FROM pg_prepared_statements")
+                    )
+                ).one()
+                counts[pid] = int(count)
+            await first.commit()
+            await second.commit()
+    finally:
+        await engine.dispose()
+    assert len(counts) == 2, counts
+    return sorted(counts.values())
 
 
 async def test_a_search_through_pgbouncer_runs_with_its_settings_and_leaves_none_behind(
@@ -107,7 +127,7 @@ async def test_a_search_through_pgbouncer_runs_with_its_settings_and_leaves_none
         await conn.execute(text("ANALYZE messages"))
     bouncer = PgBouncer(pipeline.db_url, tmp_path / "pgbouncer").start()
     settings = Settings(
-        database_url=bouncer.url(_database(pipeline.db_url)), database_pool_mode="transaction"
+        database_url=bouncer.url(database_name(pipeline.db_url)), database_pool_mode="transaction"
     )
     engine = create_engine(settings=settings, search=True, pool_size=6)
     vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
@@ -126,7 +146,8 @@ async def test_a_search_through_pgbouncer_runs_with_its_settings_and_leaves_none
         # and the next transaction on that server session has PostgreSQL's defaults again.
         for during, after, hits in await asyncio.gather(*(one(5 + i) for i in range(24))):
             assert during == ("100", "relaxed_order", "off", "force_custom_plan")
-            assert after[2:] == ("on", "auto") and after[1] in ("off", None), after
+            assert after[0] in ("40", None) and after[1] in ("off", None), after  # pgvector's
+            assert after[2:] == ("on", "auto"), after  # and PostgreSQL's defaults
             assert hits > 0
         async with session_factory(engine)() as session:
             plan = await explain_vector_page(session, MESSAGES, vector, limit=10, offset=300)
@@ -141,7 +162,7 @@ async def test_pgbouncer_without_the_pool_mode_is_one_line_naming_the_fix(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     bouncer = PgBouncer(pipeline.db_url, tmp_path / "pgbouncer").start()
-    pooled_url = bouncer.url(_database(pipeline.db_url))
+    pooled_url = bouncer.url(database_name(pipeline.db_url))
     try:
         # The CLI: PgBouncer refuses the settings a connection starts with; one line says why.
         result = cli("status", env={"DATABASE_URL": pooled_url, "DATA_DIR": str(tmp_path)})

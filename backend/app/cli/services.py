@@ -57,9 +57,10 @@ def run_services(
         else:
             env["NATS_URL"] = endpoints.ensure_nats_url(settings)
         if migrate:
-            from app.db import migrate as migrate_database  # the database layer: only here
+            from app.db import direct_database_url  # the database layer: only here
+            from app.db import migrate as migrate_database
 
-            migrate_database(db_url)
+            migrate_database(direct_database_url(settings))
         children = [*_workers(env, topology.workers), api_child(env, host, port, "--no-access-log")]
         api_url = f"http://{host}:{port}"
         console.print(

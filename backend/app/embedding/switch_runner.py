@@ -149,6 +149,10 @@ async def index_targets(engine: AsyncEngine, settings: Settings, reporter: Build
         return
     ids = [s.id for s in targets if s.id is not None]
     await set_phase(engine, ids, "indexing")
-    await pending_indexes(engine, targets)
+    direct = migration_engine(settings=settings)  # CONCURRENTLY: outside any transaction
+    try:
+        await pending_indexes(direct, targets)
+    finally:
+        await direct.dispose()
     await build_indexes(settings, targets, reporter)
     await set_phase(engine, ids, "ready")
