@@ -80,7 +80,8 @@ def create_engine(
     Behind a pooler in transaction mode (DATABASE_POOL_MODE=transaction) a connection is a
     different server session at every transaction: it starts with no settings of ours
     (PgBouncer refuses unknown startup parameters), so every search sets its own for its
-    transaction, and no prepared statement outlives its statement (`_POOLED`).
+    transaction, and the statements it prepares are unnamed, so none piles up on a server
+    session (`_POOLED`).
     """
     settings = settings or get_settings()
     pooled = settings.database_pool_mode == "transaction"
