@@ -555,7 +555,8 @@ def _spread(value: dict[str, Any] | None) -> Spread | None:
     )
 
 
-def _level(section: dict[str, Any], name: str, clients: int) -> dict[str, Any] | None:
+def level_summary(section: dict[str, Any], name: str, clients: int) -> dict[str, Any] | None:
+    """The summary of variant `name` at `clients` clients, if measured."""
     for variant in section["variants"]:
         if variant["name"] == name:
             for level in variant["levels"]:
@@ -567,7 +568,7 @@ def _level(section: dict[str, Any], name: str, clients: int) -> dict[str, Any] |
 def targets(section: dict[str, Any]) -> list[dict[str, Any]]:
     """Stub provider: p50 at 1 client; requests/s and p95 at 32 clients; no errors anywhere."""
     rows = []
-    one = _level(section, STUB.name, 1)
+    one = level_summary(section, STUB.name, 1)
     if one is not None:
         p50 = Spread(**one["p50_ms"])
         rows.append(
@@ -579,7 +580,7 @@ def targets(section: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     top = max(section["config"]["levels"])
-    many = _level(section, STUB.name, top)
+    many = level_summary(section, STUB.name, top)
     if many is not None:
         rps, p95 = Spread(**many["requests_per_second"]), Spread(**many["p95_ms"])
         rows.append(
@@ -693,7 +694,7 @@ def _findings(section: dict[str, Any]) -> list[str]:
     """Where the time goes, and what limits a missed target."""
     out: list[str] = []
     top, cpus = max(section["config"]["levels"]), section["config"]["cpus"] or 1
-    one, many = _level(section, STUB.name, 1), _level(section, STUB.name, top)
+    one, many = level_summary(section, STUB.name, 1), level_summary(section, STUB.name, top)
     if one is not None:
         p50 = one["p50_ms"]["median"]
         out.append(
@@ -720,7 +721,7 @@ def _findings(section: dict[str, Any]) -> list[str]:
                 f"The API opened {opened:,.0f} new Postgres connections per window at {top} "
                 "clients: more requests at once than its pool keeps (DB_POOL_SIZE)."
             )
-    local = _level(section, LOCAL.name, 1)
+    local = level_summary(section, LOCAL.name, 1)
     if local is not None and one is not None:
         out.append(
             f"With the local model the API process spends {_api_cpu(local):.1f} ms of CPU per "
@@ -737,7 +738,10 @@ def _api_cpu(summary: dict[str, Any]) -> float:
 
 
 def _passive_words(section: dict[str, Any], top: int) -> list[str]:
-    spin, passive = _level(section, LOCAL.name, top), _level(section, LOCAL_PASSIVE.name, top)
+    spin, passive = (
+        level_summary(section, LOCAL.name, top),
+        level_summary(section, LOCAL_PASSIVE.name, top),
+    )
     if spin is None or passive is None:
         return []
     rps = [s["requests_per_second"]["median"] for s in (passive, spin)]

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ import asyncpg
 from app.core import endpoints
 from app.core.config import Settings
 from app.core.urls import database_name
-from bench.api import Plan as ApiPlan
-from bench.api import Provider, load_messages, measure
+from bench.api import Plan, Provider, level_summary, load_messages, measure
 from bench.pipeline import migrate
 from bench.scratch import scratch_database
 from bench.stats import Spread, target
@@ -36,17 +35,8 @@ DIMS = 384
 PGBOUNCER_DEFAULT_POOL_SIZE = 20  # PgBouncer's own default_pool_size
 
 
-@dataclass(frozen=True)
-class Plan:
-    rows: int = 100_000
-    levels: tuple[int, ...] = (1, 32)
-    rounds: int = 3
-    seconds: float = 15.0
-    warmup: float = 2.0
-
-
-QUICK = Plan(rows=10_000, rounds=1, seconds=2.0, warmup=0.5)
-FULL = Plan()
+FULL = Plan(rows=100_000, levels=(1, 32), rounds=3, seconds=15.0, warmup=2.0, cached_variant=False)
+QUICK = replace(FULL, rows=10_000, rounds=1, seconds=2.0, warmup=0.5)
 DIRECT = "direct"
 POOLED = "PgBouncer, transaction mode"
 
@@ -78,21 +68,13 @@ async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:
                 ),
             )
             direct = Provider(DIRECT, "stub", DIMS)
-            api_plan = ApiPlan(
-                rows=plan.rows,
-                levels=plan.levels,
-                rounds=plan.rounds,
-                seconds=plan.seconds,
-                warmup=plan.warmup,
-                cached_variant=False,
-            )
             connections: dict[str, int] = {}
 
             async def held() -> None:
                 """Server connections at the end, while both APIs are still up."""
                 connections.update(await _connections(db, bouncer))
 
-            variants = await measure(nats_url, [(db, direct), (db, pooled)], api_plan, held)
+            variants = await measure(nats_url, [(db, direct), (db, pooled)], plan, held)
         finally:
             bouncer.stop()
             shutil.rmtree(folder, ignore_errors=True)
@@ -134,20 +116,11 @@ def _version() -> str:
 # ----------------------------------------------------------------------------- report
 
 
-def _summary(section: dict[str, Any], name: str, clients: int) -> dict[str, Any] | None:
-    for variant in section["variants"]:
-        if variant["name"] == name:
-            for level in variant["levels"]:
-                if level["clients"] == clients:
-                    return dict(level["summary"])
-    return None
-
-
 def targets(section: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for clients in section["config"]["levels"]:
-        pooled = _summary(section, POOLED, clients)
-        direct = _summary(section, DIRECT, clients)
+        pooled = level_summary(section, POOLED, clients)
+        direct = level_summary(section, DIRECT, clients)
         if pooled is None or direct is None:
             continue
         rps = Spread(**pooled["requests_per_second"])
