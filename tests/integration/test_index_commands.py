@@ -10,8 +10,16 @@ from pathlib import Path
 import asyncpg
 
 from app.core.urls import to_libpq_url
+from tests.conftest import alembic
 from tests.integration.test_cli import cli
-from tests.integration.test_index_build import MESSAGES_INDEX, fill_messages, index_valid
+from tests.integration.test_index_build import (
+    MESSAGES_INDEX,
+    SLOW_BUILD,
+    fill_messages,
+    index_valid,
+    start_upgrade,
+    wait_for,
+)
 from tests.integration.test_vector_indexes import plant_invalid_index
 
 
@@ -23,13 +31,41 @@ async def index_oid(url: str, name: str) -> int | None:
         await conn.close()
 
 
-def index_command(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+# Settings asking for another graph than the revision's m=16, ef_construction=64.
+EF_40 = {"INDEX_HNSW_EF_CONSTRUCTION": "40"}
+GRAPH_40 = "m=16, ef_construction=40"
+# A vector search as the planner sees it: which index, if any, answers it.
+SEARCH_PLAN = (
+    "EXPLAIN (COSTS OFF) SELECT id FROM messages "
+    "ORDER BY embedding <=> (SELECT embedding FROM messages LIMIT 1) LIMIT 10"
+)
+
+
+def index_command(
+    url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`tasktracker index ARGS` against `url`."""
-    return cli("index", *args, env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+    return cli("index", *args, env={"DATABASE_URL": url, "DATA_DIR": str(tmp_path), **(env or {})})
 
 
-def status(url: str, tmp_path: Path) -> dict[str, dict[str, object]]:
-    result = index_command(url, tmp_path, "status", "--json")
+async def reloptions(url: str, name: str) -> tuple[list[str], str | None]:
+    """The index's parameters in the catalog, and its build note."""
+    conn = await asyncpg.connect(to_libpq_url(url))
+    try:
+        row = await conn.fetchrow(
+            "SELECT reloptions, obj_description(oid, 'pg_class') FROM pg_class WHERE relname = $1",
+            name,
+        )
+        assert row is not None
+        return list(row[0]), row[1]
+    finally:
+        await conn.close()
+
+
+def status(
+    url: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> dict[str, dict[str, object]]:
+    result = index_command(url, tmp_path, "status", "--json", env=env)
     assert result.returncode == 0, result.stderr
     return {report["name"]: report for report in json.loads(result.stdout)}
 
@@ -90,3 +126,79 @@ def test_rebuild_names_the_choices_for_an_unknown_entity(tmp_path: Path) -> None
 
     assert result.returncode == 2
     assert "--entity must be messages, atoms or all" in result.stderr
+
+
+async def test_new_hnsw_parameters_are_built_by_the_next_upgrade_while_searches_keep_an_index(
+    make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    """INDEX_HNSW_EF_CONSTRUCTION changed: status calls the index wrong, and `alembic upgrade
+    head` sets the parameters and builds the new graph with REINDEX CONCURRENTLY; every search
+    planned during that build still uses the index (a drop-and-build would scan the table)."""
+    url = make_db()
+    await fill_messages(url, 8_000)
+    assert not status(url, tmp_path, EF_40)[MESSAGES_INDEX]["definition_ok"]
+
+    process = start_upgrade(url, {**SLOW_BUILD, **EF_40})
+    watcher = await asyncpg.connect(to_libpq_url(url))
+    plans: list[str] = []
+    try:
+        building = (
+            "SELECT 1 FROM pg_stat_progress_create_index WHERE relid = 'messages'::regclass "
+            "AND phase LIKE 'building index%' AND blocks_done > 0"
+        )
+        await wait_for(watcher, building, process)
+        while await watcher.fetchval(building) and len(plans) < 20:
+            plans.append("\n".join(row[0] for row in await watcher.fetch(SEARCH_PLAN)))
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await watcher.close()
+
+    assert process.returncode == 0, stderr
+    assert plans, "no search was planned while the new graph was being built"
+    assert all(f"Index Scan using {MESSAGES_INDEX}" in plan for plan in plans), plans
+    assert "REINDEX CONCURRENTLY" in stderr and "dropping" not in stderr, stderr
+    options, note = await reloptions(url, MESSAGES_INDEX)
+    assert "ef_construction=40" in options and note is not None and GRAPH_40 in note
+    reports = status(url, tmp_path, EF_40)
+    assert all(report["healthy"] for report in reports.values()), reports
+    build = reports[MESSAGES_INDEX]["last_build"]
+    assert isinstance(build, dict) and build["how"] == "REINDEX CONCURRENTLY"
+    assert build["rows"] == 8_000 and build["graph"] == GRAPH_40
+
+
+async def test_a_graph_whose_reindex_never_ran_is_built_by_the_next_upgrade(
+    make_db: Callable[[], str],
+) -> None:
+    """The catalog already says ef_construction=40 (an ALTER whose REINDEX was stopped), but the
+    build note says the graph was made with 64: the upgrade builds it again."""
+    url = make_db()
+    await fill_messages(url, 300)
+    conn = await asyncpg.connect(to_libpq_url(url))
+    await conn.execute(f"ALTER INDEX {MESSAGES_INDEX} SET (ef_construction = 40)")
+    await conn.close()
+
+    result = alembic(url, "upgrade", "head", env=EF_40)
+
+    assert result.returncode == 0, result.stderr
+    assert f"index {MESSAGES_INDEX}: was built with other HNSW parameters" in result.stderr
+    _, note = await reloptions(url, MESSAGES_INDEX)
+    assert note is not None and GRAPH_40 in note
+
+
+async def test_rebuild_applies_new_hnsw_parameters_concurrently(
+    make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    url = make_db()
+    await fill_messages(url, 300)
+
+    result = index_command(url, tmp_path, "rebuild", "--entity", "messages", env=EF_40)
+
+    assert result.returncode == 0, result.stderr
+    assert "REINDEX CONCURRENTLY" in result.stderr and "dropping" not in result.stderr
+    options, _ = await reloptions(url, MESSAGES_INDEX)
+    assert "ef_construction=40" in options
+    reports = status(url, tmp_path, EF_40)
+    assert reports[MESSAGES_INDEX]["healthy"]
+    assert not reports["atoms_embedding_hnsw_idx"]["definition_ok"]  # only what was asked

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     # A build that spills is ~10x slower (measured: 506 s with 256MB vs 52 s with 1GB), so the
     # build raises its session's value to what the graph needs, up to the ceiling, and says so.
     index_maintenance_work_mem: str = "1GB"
+    # The HNSW graph: pgvector's m and ef_construction. 16 and 64 are the revision's. A larger
+    # ef_construction makes a better-connected graph for a longer build: at 1M x 384, 256 lifts
+    # recall@10 from 0.95 to 0.99 for 2.2x the build time (docs/BENCHMARKS.md). A changed value
+    # is applied online by the next `alembic upgrade head` or `tasktracker index rebuild`
+    # (ALTER INDEX ... SET, then REINDEX CONCURRENTLY: searches keep the old graph meanwhile).
+    index_hnsw_m: int = Field(default=16, ge=2, le=100)
+    index_hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
     index_maintenance_work_mem_max: str = "4GB"
     index_parallel_workers: int = Field(default=2, ge=0, le=64)
     index_lock_timeout: str = "10s"
@@ -165,6 +172,16 @@ class Settings(BaseSettings):
             raise ValueError("must be auto or a size as Postgres writes it, such as 512MB or 2GB")
         return value
 
+    @model_validator(mode="after")
+    def _hnsw_graph(self) -> Settings:
+        if self.index_hnsw_ef_construction < 2 * self.index_hnsw_m:
+            raise ValueError(
+                "INDEX_HNSW_EF_CONSTRUCTION must be at least twice INDEX_HNSW_M (pgvector refuses "
+                f"to build with ef_construction {self.index_hnsw_ef_construction} "
+                f"and m {self.index_hnsw_m})"
+            )
+        return self
+
     def provider_network(self) -> NetworkPolicy:
         """The network policy for providers, from PROVIDER_ALLOWED_HOSTS."""
         return NetworkPolicy.parse(self.provider_allowed_hosts.split(","))
@@ -181,14 +198,17 @@ class Settings(BaseSettings):
 def settings_error(exc: PydanticValidationError) -> ConfigurationError:
     """One line naming each wrong setting as its environment variable (never its value: it may
     be a secret)."""
-    wrong = [
-        f"{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg'].removeprefix('Value error, ')}"
-        for error in exc.errors()
-    ]
+    wrong = [_wrong_setting(error["loc"], error["msg"]) for error in exc.errors()]
     return ConfigurationError(
         f"the settings are not valid ({'; '.join(wrong)}). "
         "Fix: correct them in the environment or in .env (see .env.example)."
     )
+
+
+def _wrong_setting(location: tuple[int | str, ...], message: str) -> str:
+    said = message.removeprefix("Value error, ")
+    name = "_".join(str(part) for part in location).upper()
+    return f"{name}: {said}" if name else said  # a check across settings names them itself
 
 
 @lru_cache

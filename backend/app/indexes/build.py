@@ -30,7 +30,6 @@ from app.core.urls import to_libpq_url
 from app.indexes.catalog import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
 from app.indexes.memory import MemoryPlan, bytes_per_dim, plan_memory
 from app.indexes.progress import BuildReporter, ProgressWatcher, run_in_thread
-from app.models.base import HNSW_PARAMS
 
 SPILL_NOTICE = "hnsw graph no longer fits into maintenance_work_mem"
 REPAIR_HINT = "Fix: run `alembic upgrade head` again, or `tasktracker index rebuild`"
@@ -152,12 +151,15 @@ class IndexBuilder:
             self._reset()
 
     def rebuild(self, index: VectorIndex, *, concurrently: bool) -> None:
-        """Build `index` again: REINDEX CONCURRENTLY when it is right, else drop and build."""
+        """Build `index` again: REINDEX CONCURRENTLY when it is right (but for its parameters,
+        which are set first), else drop and build."""
         self._session()
         try:
             self._drop_leftovers(index)
-            healthy = self._healthy(index)
-            if healthy and concurrently:
+            if concurrently and self._retunable(index):
+                self._retune(index)
+                return
+            if concurrently and self._healthy(index):
                 self.reporter.note(index.name, "valid: REINDEX CONCURRENTLY (searches keep it)")
                 self._build(
                     index, index.reindex_statement(concurrently=True), "REINDEX CONCURRENTLY"
@@ -183,18 +185,37 @@ class IndexBuilder:
         state = self._state(index)
         return state is not None and all(state)
 
+    def _retunable(self, index: VectorIndex) -> bool:
+        """Valid and right but for m / ef_construction (or a graph built with others)."""
+        return bool(self.scalar(index.retune_sql))
+
     def _drop_if_wrong(self, index: VectorIndex) -> None:
         self._drop_leftovers(index)
         state = self._state(index)
         if state is None or all(state):
             return
+        if self._retunable(index):
+            self._retune(index)
+            return
         valid, ready, _ = state
         why = (
             "is INVALID (a build was interrupted or failed)"
             if not (valid and ready)
-            else f"has another definition than m=16, ef_construction=64, {index.opclass}"
+            else f"has another definition than hnsw ({index.column} {index.opclass})"
         )
         self._drop(index, concurrently=True, why=f"{why}: dropping it CONCURRENTLY to build again")
+
+    def _retune(self, index: VectorIndex) -> None:
+        """New m / ef_construction, online: the catalog's first, then REINDEX CONCURRENTLY builds
+        the new graph beside the old one, which searches use until the swap. Should the REINDEX
+        stop, the build note still names the old graph and the next repair runs it again."""
+        self.reporter.note(
+            index.name,
+            f"was built with other HNSW parameters than the settings' ({index.graph}): "
+            "REINDEX CONCURRENTLY with them (searches keep the old graph meanwhile)",
+        )
+        self._guarded(index, lambda: self.execute(index.set_params_sql))
+        self._build(index, index.reindex_statement(concurrently=True), "REINDEX CONCURRENTLY")
 
     def _drop(self, index: VectorIndex, *, concurrently: bool, why: str) -> None:
         if self._exists(index):
@@ -212,7 +233,7 @@ class IndexBuilder:
         return plan_memory(
             rows,
             dims,
-            HNSW_PARAMS["m"],
+            index.params["m"],
             self.options.maintenance_work_mem,
             self.options.maintenance_work_mem_max,
             bytes_per_dim(index.opclass),
@@ -246,6 +267,7 @@ class IndexBuilder:
             "seconds": round(seconds, 1),
             "rows": build.plan.rows,
             "how": how,
+            "graph": index.graph,
             "maintenance_work_mem": format_size(build.plan.session),
             "spilled": build.spilled,
         }

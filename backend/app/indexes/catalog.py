@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.models.base import HNSW_PARAMS
+from app.models.base import hnsw_label, hnsw_params
 
 HNSW_OPCLASS = "vector_cosine_ops"
 HNSW_MIN_VECTOR_VERSION = "0.5.0"
@@ -27,8 +27,18 @@ class VectorIndex:
     def create_sql(self) -> str:
         return self.create_statement(concurrently=True)
 
+    @property
+    def params(self) -> dict[str, int]:
+        """m and ef_construction as the settings say now."""
+        return hnsw_params()
+
+    @property
+    def graph(self) -> str:
+        """The parameters as the build note keeps them: m=16, ef_construction=64."""
+        return hnsw_label(self.params)
+
     def create_statement(self, *, concurrently: bool) -> str:
-        params = ", ".join(f"{key} = {value}" for key, value in HNSW_PARAMS.items())
+        params = self._with_params
         keyword = "CONCURRENTLY " if concurrently else ""
         return (
             f"CREATE INDEX {keyword}IF NOT EXISTS {self.name} ON {self.table} "
@@ -42,6 +52,15 @@ class VectorIndex:
     def drop_statement(self, *, concurrently: bool) -> str:
         keyword = "CONCURRENTLY " if concurrently else ""
         return f"DROP INDEX {keyword}IF EXISTS {self.name}"
+
+    @property
+    def set_params_sql(self) -> str:
+        """Give an existing index the settings' parameters (a REINDEX then builds with them)."""
+        return f"ALTER INDEX {self.name} SET ({self._with_params})"
+
+    @property
+    def _with_params(self) -> str:
+        return ", ".join(f"{key} = {value}" for key, value in self.params.items())
 
     def reindex_statement(self, *, concurrently: bool) -> str:
         keyword = "CONCURRENTLY " if concurrently else ""
@@ -74,17 +93,39 @@ class VectorIndex:
     @property
     def matches_sql(self) -> str:
         """A boolean SQL expression over pg_class c / pg_index i / pg_am am: index is right."""
-        options = ", ".join(f"'{key}={value}'" for key, value in HNSW_PARAMS.items())
+        return f"{self.shape_sql} AND {self.params_sql}"
+
+    @property
+    def shape_sql(self) -> str:
+        """Valid, HNSW, on the right column with the right opclass: right but for m and
+        ef_construction, which ALTER INDEX ... SET and a REINDEX CONCURRENTLY can change."""
         return (
             f"i.indisvalid AND i.indisready AND am.amname = 'hnsw'"
             f" AND i.indrelid = '{self.table}'::regclass AND i.indnatts = 1"
             f" AND i.indkey[0] = (SELECT attnum FROM pg_attribute"
             f" WHERE attrelid = '{self.table}'::regclass AND attname = '{self.column}')"
             f" AND (SELECT opcname FROM pg_opclass WHERE oid = i.indclass[0]) = '{self.opclass}'"
-            f" AND c.reloptions @> ARRAY[{options}]"
-            f" AND cardinality(c.reloptions) = {len(HNSW_PARAMS)}"
             f" AND i.indpred IS NULL"
         )
+
+    @property
+    def params_sql(self) -> str:
+        """The settings' m and ef_construction, both in the catalog and in the graph itself: the
+        build note (the index's comment, app.indexes.build) names the parameters the graph was
+        built with, which differ from the catalog's after an ALTER whose REINDEX did not finish."""
+        options = ", ".join(f"'{key}={value}'" for key, value in self.params.items())
+        note = "obj_description(c.oid, 'pg_class')"
+        return (
+            f"(c.reloptions @> ARRAY[{options}]"
+            f" AND cardinality(c.reloptions) = {len(self.params)}"
+            f" AND (coalesce(strpos({note}, '\"graph\": '), 0) = 0"
+            f' OR strpos({note}, \'"graph": "{self.graph}"\') > 0))'
+        )
+
+    @property
+    def retune_sql(self) -> str:
+        """SELECT true when this index is right but for its parameters."""
+        return f"SELECT true {self._catalog} AND {self.shape_sql} AND NOT {self.params_sql}"
 
     @property
     def drop_if_wrong_sql(self) -> str:

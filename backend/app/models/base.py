@@ -25,7 +25,18 @@ SQLModel.metadata.naming_convention = {
 # The SQL expression that hashes the text an entity embeds; the same function is created by
 # the initial revision and used by the generated `content_hash` columns.
 TEXT_HASH_FUNCTION = "tt_text_hash"
-HNSW_PARAMS = {"m": 16, "ef_construction": 64}
+
+
+def hnsw_params() -> dict[str, int]:
+    """The HNSW graph's build parameters, from INDEX_HNSW_M / INDEX_HNSW_EF_CONSTRUCTION."""
+    settings = get_settings()
+    return {"m": settings.index_hnsw_m, "ef_construction": settings.index_hnsw_ef_construction}
+
+
+def hnsw_label(params: dict[str, int]) -> str:
+    """How a build note and the messages write a graph's parameters: m=16, ef_construction=64."""
+    return ", ".join(f"{key}={value}" for key, value in params.items())
+
 
 # The pending predicate, the pipeline's definition of work: the vector is missing or was made
 # for another text. The partial index ix_<table>_embedding_pending holds exactly these rows, so
@@ -79,7 +90,7 @@ def embedding_indexes(table: str, fts_expression: str) -> tuple[Index, ...]:
             f"{table}_embedding_hnsw_idx",
             "embedding",
             postgresql_using="hnsw",
-            postgresql_with=HNSW_PARAMS,
+            postgresql_with=hnsw_params(),
             postgresql_ops={"embedding": "vector_cosine_ops"},
         ),
     )
