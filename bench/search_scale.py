@@ -512,11 +512,12 @@ def _tuned(config: dict[str, Any]) -> str:
     if not changed:
         return ""
     return (
-        f"**Tuned settings: {', '.join(changed)}.** The defaults (m = 16, ef_construction = 64, "
-        "the revision's; ef_search 100) build 2.2× faster and reach recall@10 0.99 up to a few "
-        "hundred thousand rows; at a million rows that graph leaves about 3% of the rows where no "
-        "search leads (recall stops near 0.96 whatever ef_search: the figures of the default "
-        "build are in docs/bench/analysis.md). A deployment of this size sets these two."
+        f"**Tuned settings: {', '.join(changed)}.** The default graph (m = 16, ef_construction = "
+        "64, the revision's) builds several times faster and reaches recall@10 0.99 up to a few "
+        "hundred thousand rows; at a million rows of this generator it leaves some rows and "
+        "clusters where no search leads, and recall stops near 0.96 whatever ef_search (that "
+        "build's figures and the build times side by side are in docs/bench/analysis.md). A "
+        "deployment of this size sets a larger ef_construction; README: The graph's parameters."
     )
 
 

@@ -41,3 +41,13 @@ def test_hits_histogram_separates_whole_misses_from_thin_ones() -> None:
     truth = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     found = [[1, 2, 3], [4, 5, 0], [10, 11, 12]]
     assert scale.hits_histogram(found, truth) == {"0": 1, "2": 1, "3": 1}
+
+
+def test_a_run_with_tuned_graph_settings_says_so_and_a_default_run_does_not() -> None:
+    defaults = {"hnsw_m": 16, "hnsw_ef_construction": 64, "ef_search_default": 100}
+    assert scale._tuned(defaults) == ""
+    tuned = scale._tuned({**defaults, "hnsw_ef_construction": 256, "ef_search_default": 128})
+    assert tuned.startswith(
+        "**Tuned settings: INDEX_HNSW_EF_CONSTRUCTION=256, HNSW_EF_SEARCH=128.**"
+    )
+    assert "INDEX_HNSW_M" not in tuned
