@@ -123,8 +123,9 @@ class Settings(BaseSettings):
     # build raises its session's value to what the graph needs, up to the ceiling, and says so.
     index_maintenance_work_mem: str = "1GB"
     # The HNSW graph: pgvector's m and ef_construction. 16 and 64 are the revision's. A larger
-    # ef_construction makes a better-connected graph for a longer build: at 1M x 384, 256 lifts
-    # recall@10 from 0.95 to 0.99 for 2.2x the build time (docs/BENCHMARKS.md). A changed value
+    # ef_construction makes a better-connected graph for a longer build: at 1M x 384, 512 lifts
+    # recall@10 at ef_search 100 from 0.95 to 0.9975 for 3.8x the build time (1,304 vs 342 s,
+    # docs/BENCHMARKS.md); up to a few hundred thousand rows 64 is enough. A changed value
     # is applied online by the next `alembic upgrade head` or `tasktracker index rebuild`
     # (ALTER INDEX ... SET, then REINDEX CONCURRENTLY: searches keep the old graph meanwhile).
     index_hnsw_m: int = Field(default=16, ge=2, le=100)
