@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
+from app.core.embedded import psql_binary
 from app.core.urls import to_libpq_url
 from tests.conftest import alembic
 from tests.integration.test_cli import cli
@@ -140,6 +141,8 @@ async def test_new_hnsw_parameters_are_built_by_the_next_upgrade_while_searches_
 
     process = start_upgrade(url, {**SLOW_BUILD, **EF_40})
     watcher = await asyncpg.connect(to_libpq_url(url))
+    # as the service plans (app.db.INDEX_PLANS): the index when one is valid, else a scan
+    await watcher.execute("SET enable_seqscan = off")
     plans: list[str] = []
     try:
         building = (
@@ -147,8 +150,10 @@ async def test_new_hnsw_parameters_are_built_by_the_next_upgrade_while_searches_
             "AND phase LIKE 'building index%' AND blocks_done > 0"
         )
         await wait_for(watcher, building, process)
-        while await watcher.fetchval(building) and len(plans) < 20:
+        while len(plans) < 20:  # one plan at least, taken once the build ran
             plans.append("\n".join(row[0] for row in await watcher.fetch(SEARCH_PLAN)))
+            if not await watcher.fetchval(building):
+                break
         _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
@@ -158,7 +163,7 @@ async def test_new_hnsw_parameters_are_built_by_the_next_upgrade_while_searches_
     assert process.returncode == 0, stderr
     assert plans, "no search was planned while the new graph was being built"
     assert all(f"Index Scan using {MESSAGES_INDEX}" in plan for plan in plans), plans
-    assert "REINDEX CONCURRENTLY" in stderr and "dropping" not in stderr, stderr
+    assert "REINDEX CONCURRENTLY" in stderr and "dropping it" not in stderr, stderr
     options, note = await reloptions(url, MESSAGES_INDEX)
     assert "ef_construction=40" in options and note is not None and GRAPH_40 in note
     reports = status(url, tmp_path, EF_40)
@@ -196,9 +201,76 @@ async def test_rebuild_applies_new_hnsw_parameters_concurrently(
     result = index_command(url, tmp_path, "rebuild", "--entity", "messages", env=EF_40)
 
     assert result.returncode == 0, result.stderr
-    assert "REINDEX CONCURRENTLY" in result.stderr and "dropping" not in result.stderr
+    assert "REINDEX CONCURRENTLY" in result.stderr and "dropping it" not in result.stderr
     options, _ = await reloptions(url, MESSAGES_INDEX)
     assert "ef_construction=40" in options
     reports = status(url, tmp_path, EF_40)
     assert reports[MESSAGES_INDEX]["healthy"]
     assert not reports["atoms_embedding_hnsw_idx"]["definition_ok"]  # only what was asked
+
+
+async def test_a_retune_stopped_half_way_is_run_again_even_on_an_index_noted_before_graphs(
+    make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    """The index's note names no graph (built before notes did): the retune names the old one
+    before the ALTER, so when its REINDEX is stopped the index is still called wrong and the
+    next upgrade builds it, rather than the catalog's new parameters passing for done."""
+    url = make_db()
+    await fill_messages(url, 8_000)
+    conn = await asyncpg.connect(to_libpq_url(url))
+    await conn.execute(f"""COMMENT ON INDEX {MESSAGES_INDEX} IS '{{"how": "CONCURRENTLY"}}'""")
+    process = start_upgrade(url, {**SLOW_BUILD, **EF_40})
+    try:
+        pid = await wait_for(
+            conn,
+            "SELECT pid FROM pg_stat_progress_create_index WHERE relid = 'messages'::regclass "
+            "AND phase LIKE 'building index%' AND blocks_done > 0",
+            process,
+        )
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await conn.close()
+    assert process.returncode == 1, stderr
+    options, note = await reloptions(url, MESSAGES_INDEX)
+    assert "ef_construction=40" in options  # the ALTER ran
+    assert note is not None and "m=16, ef_construction=64" in note
+    assert not status(url, tmp_path, EF_40)[MESSAGES_INDEX]["definition_ok"]
+
+    repaired = alembic(url, "upgrade", "head", env=EF_40)
+
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"index {MESSAGES_INDEX}: was built with other HNSW parameters" in repaired.stderr
+    _, note = await reloptions(url, MESSAGES_INDEX)
+    assert note is not None and GRAPH_40 in note
+    assert status(url, tmp_path, EF_40)[MESSAGES_INDEX]["healthy"]
+
+
+async def test_offline_sql_applies_new_parameters_with_reindex_concurrently(
+    make_db: Callable[[], str],
+) -> None:
+    url = make_db()
+    await fill_messages(url, 300)
+    sql = alembic(url, "upgrade", "0001:0002", "--sql", env=EF_40)  # the index revision alone
+    assert sql.returncode == 0, sql.stderr
+    script = sql.stdout.replace(
+        "UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001'",
+        "SELECT 1",
+    )
+
+    run = subprocess.run(
+        [str(psql_binary()), "-X", "-v", "ON_ERROR_STOP=1", "-e", to_libpq_url(url)],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert f"REINDEX INDEX CONCURRENTLY public.{MESSAGES_INDEX}" in run.stdout, run.stdout
+    executed = [line for line in run.stdout.splitlines() if line.startswith("DROP INDEX")]
+    assert not executed  # never without an index while it builds
+    options, note = await reloptions(url, MESSAGES_INDEX)
+    assert "ef_construction=40" in options and note is not None and GRAPH_40 in note

@@ -48,7 +48,7 @@ def test_a_wrong_setting_is_named_as_its_variable_without_its_value() -> None:
 
 def test_a_graph_pgvector_would_refuse_is_named_before_any_build() -> None:
     with pytest.raises(ValidationError) as caught:
-        Settings(index_hnsw_m=40)
+        Settings(index_hnsw_m=40, index_hnsw_ef_construction=64)
     message = settings_error(caught.value).message
     assert message.startswith("the settings are not valid (INDEX_HNSW_EF_CONSTRUCTION must be")
     assert "at least twice INDEX_HNSW_M" in message

@@ -27,7 +27,13 @@ from app.core.config import Settings
 from app.core.errors import AppError
 from app.core.sizes import format_size, human
 from app.core.urls import to_libpq_url
-from app.indexes.catalog import RESET_SESSION_SQL, VectorIndex, active_vector_indexes
+from app.indexes.catalog import (
+    RESET_SESSION_SQL,
+    VectorIndex,
+    active_vector_indexes,
+    build_note,
+    graph_of,
+)
 from app.indexes.memory import MemoryPlan, bytes_per_dim, plan_memory
 from app.indexes.progress import BuildReporter, ProgressWatcher, run_in_thread
 
@@ -214,8 +220,22 @@ class IndexBuilder:
             f"was built with other HNSW parameters than the settings' ({index.graph}): "
             "REINDEX CONCURRENTLY with them (searches keep the old graph meanwhile)",
         )
+        self._name_the_graph(index)
         self._guarded(index, lambda: self.execute(index.set_params_sql))
         self._build(index, index.reindex_statement(concurrently=True), "REINDEX CONCURRENTLY")
+
+    def _name_the_graph(self, index: VectorIndex) -> None:
+        """A note that does not name its graph yet (an index built before notes did, or by
+        `alembic upgrade --sql`) gets the catalog's parameters, which built it, before the ALTER
+        changes them: else a REINDEX stopped after the ALTER would pass for done."""
+        row = self.connection.execute(text(index.note_sql)).first()
+        if row is None:
+            return
+        note = build_note(row[1])
+        if "graph" in note:
+            return
+        note["graph"] = graph_of(row[0])
+        self._comment(index, note)
 
     def _drop(self, index: VectorIndex, *, concurrently: bool, why: str) -> None:
         if self._exists(index):
@@ -271,6 +291,9 @@ class IndexBuilder:
             "maintenance_work_mem": format_size(build.plan.session),
             "spilled": build.spilled,
         }
+        self._comment(index, note)
+
+    def _comment(self, index: VectorIndex, note: dict[str, Any]) -> None:
         literal = json.dumps(note).replace("'", "''")
         self._guarded(index, lambda: self.execute(f"COMMENT ON INDEX {index.name} IS '{literal}'"))
 

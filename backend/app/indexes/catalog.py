@@ -6,6 +6,7 @@ what "a valid index with the right definition" means is written once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from app.models.base import hnsw_label, hnsw_params
 
 HNSW_OPCLASS = "vector_cosine_ops"
+# What pgvector builds with when the index names no parameter.
+PGVECTOR_DEFAULTS = {"m": 16, "ef_construction": 64}
 HNSW_MIN_VECTOR_VERSION = "0.5.0"
 
 
@@ -128,6 +131,36 @@ class VectorIndex:
         return f"SELECT true {self._catalog} AND {self.shape_sql} AND NOT {self.params_sql}"
 
     @property
+    def note_sql(self) -> str:
+        """SELECT the index's parameters in the catalog and its build note (its comment)."""
+        return f"SELECT c.reloptions, obj_description(c.oid, 'pg_class') {self._catalog}"
+
+    @property
+    def retune_offline_sql(self) -> str:
+        """For `alembic upgrade --sql`: a SELECT whose row, run by psql's \\gexec, gives an index
+        that is right but for its parameters the settings' ones online (the steps of
+        app.indexes.build's retune: the old graph named in the note when it is not yet, ALTER,
+        REINDEX CONCURRENTLY, the new graph in the note). No row when nothing is to change."""
+        note = "obj_description(c.oid, 'pg_class')"
+        option = "(SELECT split_part(o, '=', 2) FROM unnest(c.reloptions) o WHERE o LIKE '{}=%')"
+        built = (
+            f"format('m=%s, ef_construction=%s', "
+            f"coalesce({option.format('m')}, '{PGVECTOR_DEFAULTS['m']}'), "
+            f"coalesce({option.format('ef_construction')}, "
+            f"'{PGVECTOR_DEFAULTS['ef_construction']}'))"
+        )
+        done = json.dumps({"how": "REINDEX CONCURRENTLY", "graph": self.graph})
+        return (
+            "SELECT CASE WHEN coalesce(strpos("
+            f"{note}, '\"graph\": '), 0) = 0 THEN format('COMMENT ON INDEX %I.%I IS %L', "
+            f"n.nspname, c.relname, jsonb_build_object('graph', {built})::text) END, "
+            f"format('ALTER INDEX %I.%I SET ({self._with_params})', n.nspname, c.relname), "
+            f"format('REINDEX INDEX CONCURRENTLY %I.%I', n.nspname, c.relname), "
+            f"format('COMMENT ON INDEX %I.%I IS %L', n.nspname, c.relname, '{done}') "
+            f"{self._catalog} AND {self.shape_sql} AND NOT {self.params_sql}"
+        )
+
+    @property
     def drop_if_wrong_sql(self) -> str:
         """SELECT yielding a DROP statement when an index of this name exists but is wrong."""
         return (
@@ -190,6 +223,27 @@ ACTIVE_STORAGE_SQL = (
     "AND to_regclass('embedding_spaces') IS NOT NULL"
 )
 SPACES_EXIST_SQL = "SELECT to_regclass('embedding_spaces') IS NOT NULL"
+
+
+def build_note(comment: str | None) -> dict[str, Any]:
+    """The note app.indexes.build keeps as an index's comment ({} if it was built elsewhere)."""
+    if not comment:
+        return {}
+    try:
+        note = json.loads(comment)
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def graph_of(reloptions: Sequence[str] | None) -> str:
+    """The parameters an index's catalog names, as a build note writes them."""
+    params = dict(PGVECTOR_DEFAULTS)
+    for option in reloptions or ():
+        key, _, value = option.partition("=")
+        if key in params:
+            params[key] = int(value)
+    return hnsw_label(params)
 
 
 def active_vector_indexes(execute: Callable[[str], Sequence[Any]]) -> tuple[VectorIndex, ...]:
@@ -255,6 +309,8 @@ def ensure_vector_indexes(
     for statement in session_sql:
         execute(statement)
     for index in VECTOR_INDEXES:
+        for statement in execute(index.retune_offline_sql):  # online: new parameters
+            execute(statement)
         for drop in execute(index.drop_if_wrong_sql):
             execute(drop)
     for index in VECTOR_INDEXES:

@@ -3,7 +3,6 @@ build running now."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from app.indexes.catalog import (
     SPACES_EXIST_SQL,
     VECTOR_INDEXES,
     VectorIndex,
+    build_note,
     indexes_for_storage,
 )
 from app.indexes.progress import describe, reading_of
@@ -74,10 +74,4 @@ async def _report(conn: AsyncConnection, index: VectorIndex) -> IndexReport:
 
 def _last_build(comment: str | None) -> dict[str, Any] | None:
     """The build note app.indexes.build keeps as the index's comment (None if built elsewhere)."""
-    if not comment:
-        return None
-    try:
-        note = json.loads(comment)
-    except ValueError:
-        return None
-    return note if isinstance(note, dict) else None
+    return build_note(comment) or None
