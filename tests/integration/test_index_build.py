@@ -9,6 +9,7 @@ import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -77,6 +78,39 @@ def start_upgrade(url: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# The messages index's build, past its first blocks: the pid building it.
+BUILDING_SQL = (
+    "SELECT pid FROM pg_stat_progress_create_index WHERE relid = 'messages'::regclass "
+    "AND phase LIKE 'building index%' AND blocks_done > 0"
+)
+
+
+@asynccontextmanager
+async def upgrade_running(
+    url: str, env: dict[str, str]
+) -> AsyncIterator[tuple[subprocess.Popen[str], asyncpg.Connection]]:
+    """`alembic upgrade head` in the background and a connection to watch it; the process is
+    killed if it still runs at the end."""
+    process = start_upgrade(url, env)
+    conn = await asyncpg.connect(to_libpq_url(url))
+    try:
+        yield process, conn
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await conn.close()
+
+
+async def interrupted_upgrade(url: str, env: dict[str, str]) -> tuple[int, str]:
+    """`alembic upgrade head` whose build's backend is terminated once it builds: exit, stderr."""
+    async with upgrade_running(url, env) as (process, conn):
+        pid = await wait_for(conn, BUILDING_SQL, process)
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
 
 
 async def wait_for(
@@ -151,23 +185,10 @@ async def test_interrupted_build_ends_in_one_line_and_the_next_upgrade_rebuilds_
     at_0001: str,
 ) -> None:
     await fill_messages(at_0001, 8_000)
-    process = start_upgrade(at_0001, SLOW_BUILD)
-    killer = await asyncpg.connect(to_libpq_url(at_0001))
-    try:
-        pid = await wait_for(
-            killer,
-            "SELECT pid FROM pg_stat_progress_create_index "
-            "WHERE phase LIKE 'building index%' AND blocks_done > 0",
-            process,
-        )
-        assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await killer.close()
 
-    assert process.returncode == 1
+    returncode, stderr = await interrupted_upgrade(at_0001, SLOW_BUILD)
+
+    assert returncode == 1
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: building {MESSAGES_INDEX} failed:"), stderr

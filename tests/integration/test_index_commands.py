@@ -14,11 +14,13 @@ from app.core.urls import to_libpq_url
 from tests.conftest import alembic
 from tests.integration.test_cli import cli
 from tests.integration.test_index_build import (
+    BUILDING_SQL,
     MESSAGES_INDEX,
     SLOW_BUILD,
     fill_messages,
     index_valid,
-    start_upgrade,
+    interrupted_upgrade,
+    upgrade_running,
     wait_for,
 )
 from tests.integration.test_vector_indexes import plant_invalid_index
@@ -139,26 +141,16 @@ async def test_new_hnsw_parameters_are_built_by_the_next_upgrade_while_searches_
     await fill_messages(url, 8_000)
     assert not status(url, tmp_path, EF_40)[MESSAGES_INDEX]["definition_ok"]
 
-    process = start_upgrade(url, {**SLOW_BUILD, **EF_40})
-    watcher = await asyncpg.connect(to_libpq_url(url))
-    # as the service plans (app.db.INDEX_PLANS): the index when one is valid, else a scan
-    await watcher.execute("SET enable_seqscan = off")
     plans: list[str] = []
-    try:
-        building = (
-            "SELECT 1 FROM pg_stat_progress_create_index WHERE relid = 'messages'::regclass "
-            "AND phase LIKE 'building index%' AND blocks_done > 0"
-        )
-        await wait_for(watcher, building, process)
+    async with upgrade_running(url, {**SLOW_BUILD, **EF_40}) as (process, watcher):
+        # as the service plans (app.db.INDEX_PLANS): the index when one is valid, else a scan
+        await watcher.execute("SET enable_seqscan = off")
+        await wait_for(watcher, BUILDING_SQL, process)
         while len(plans) < 20:  # one plan at least, taken once the build ran
             plans.append("\n".join(row[0] for row in await watcher.fetch(SEARCH_PLAN)))
-            if not await watcher.fetchval(building):
+            if not await watcher.fetchval(BUILDING_SQL):
                 break
         _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await watcher.close()
 
     assert process.returncode == 0, stderr
     assert plans, "no search was planned while the new graph was being built"
@@ -219,21 +211,11 @@ async def test_a_retune_stopped_half_way_is_run_again_even_on_an_index_noted_bef
     await fill_messages(url, 8_000)
     conn = await asyncpg.connect(to_libpq_url(url))
     await conn.execute(f"""COMMENT ON INDEX {MESSAGES_INDEX} IS '{{"how": "CONCURRENTLY"}}'""")
-    process = start_upgrade(url, {**SLOW_BUILD, **EF_40})
-    try:
-        pid = await wait_for(
-            conn,
-            "SELECT pid FROM pg_stat_progress_create_index WHERE relid = 'messages'::regclass "
-            "AND phase LIKE 'building index%' AND blocks_done > 0",
-            process,
-        )
-        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await conn.close()
-    assert process.returncode == 1, stderr
+    await conn.close()
+
+    returncode, stderr = await interrupted_upgrade(url, {**SLOW_BUILD, **EF_40})
+
+    assert returncode == 1, stderr
     options, note = await reloptions(url, MESSAGES_INDEX)
     assert "ef_construction=40" in options  # the ALTER ran
     assert note is not None and "m=16, ef_construction=64" in note
