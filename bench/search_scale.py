@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.urls import to_asyncpg_url
+from app.indexes.catalog import VectorIndex
 from bench import search as base
 from bench.pipeline import alembic
 from bench.scratch import scratch_database
@@ -45,6 +46,10 @@ HALFVEC_QUICK = (10_000, 1536)
 EFS = (10, 20, 40, 64, 100, 200, 400)
 OFFSETS = (0, 100, 500, 900)
 HALFVEC_EFS = (40, 64, 100, 200)
+# The halfvec index beside the revision's, with the project's SQL (and so the same graph).
+HALFVEC_INDEX = VectorIndex(
+    "messages_embedding_halfvec_idx", "messages", opclass="halfvec_cosine_ops"
+)
 QUERIES = 200
 ROUNDS = 3
 
@@ -333,14 +338,9 @@ async def halfvec_beside_vector(
                 f"SET max_parallel_maintenance_workers = {settings.index_parallel_workers}"
             )
             began = time.perf_counter()
-            await conn.execute(
-                "CREATE INDEX messages_embedding_halfvec_idx ON messages USING hnsw "
-                f"(embedding halfvec_cosine_ops) WITH ({_graph_sql(settings)})"
-            )
+            await conn.execute(HALFVEC_INDEX.create_statement(concurrently=False))
             half_build = time.perf_counter() - began
-            half_size = await conn.fetchval(
-                "SELECT pg_relation_size('messages_embedding_halfvec_idx')"
-            )
+            half_size = await conn.fetchval(f"SELECT pg_relation_size('{HALFVEC_INDEX.name}')")
             sql = f"SELECT id FROM messages ORDER BY embedding <=> $1::vector::halfvec({dims}) LIMIT 10"
             half = [await _bare_recall(conn, sql, data, truth, ef, rounds) for ef in HALFVEC_EFS]
         finally:
@@ -359,11 +359,6 @@ async def halfvec_beside_vector(
             "ef": half,
         },
     }
-
-
-def _graph_sql(settings: Settings) -> str:
-    """The graph the revision builds with these settings, for the halfvec index beside it."""
-    return f"m = {settings.index_hnsw_m}, ef_construction = {settings.index_hnsw_ef_construction}"
 
 
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:

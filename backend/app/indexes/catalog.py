@@ -16,6 +16,10 @@ from app.models.base import hnsw_label, hnsw_params
 HNSW_OPCLASS = "vector_cosine_ops"
 # What pgvector builds with when the index names no parameter.
 PGVECTOR_DEFAULTS = {"m": 16, "ef_construction": 64}
+# An index's build note (its comment, app.indexes.build), over pg_class c.
+NOTE_SQL = "obj_description(c.oid, 'pg_class')"
+# The note names the graph's parameters (notes written before they did, and --sql builds, not).
+NOTE_NAMES_A_GRAPH_SQL = f"""coalesce(strpos({NOTE_SQL}, '"graph": '), 0) > 0"""
 HNSW_MIN_VECTOR_VERSION = "0.5.0"
 
 
@@ -117,23 +121,27 @@ class VectorIndex:
         build note (the index's comment, app.indexes.build) names the parameters the graph was
         built with, which differ from the catalog's after an ALTER whose REINDEX did not finish."""
         options = ", ".join(f"'{key}={value}'" for key, value in self.params.items())
-        note = "obj_description(c.oid, 'pg_class')"
         return (
             f"(c.reloptions @> ARRAY[{options}]"
             f" AND cardinality(c.reloptions) = {len(self.params)}"
-            f" AND (coalesce(strpos({note}, '\"graph\": '), 0) = 0"
-            f' OR strpos({note}, \'"graph": "{self.graph}"\') > 0))'
+            f" AND (NOT {NOTE_NAMES_A_GRAPH_SQL}"
+            f' OR strpos({NOTE_SQL}, \'"graph": "{self.graph}"\') > 0))'
         )
 
     @property
     def retune_sql(self) -> str:
         """SELECT true when this index is right but for its parameters."""
-        return f"SELECT true {self._catalog} AND {self.shape_sql} AND NOT {self.params_sql}"
+        return f"SELECT true {self._retunable}"
+
+    @property
+    def _retunable(self) -> str:
+        """FROM and WHERE finding this index when it is right but for its parameters."""
+        return f"{self._catalog} AND {self.shape_sql} AND NOT {self.params_sql}"
 
     @property
     def note_sql(self) -> str:
         """SELECT the index's parameters in the catalog and its build note (its comment)."""
-        return f"SELECT c.reloptions, obj_description(c.oid, 'pg_class') {self._catalog}"
+        return f"SELECT c.reloptions, {NOTE_SQL} {self._catalog}"
 
     @property
     def retune_offline_sql(self) -> str:
@@ -141,23 +149,15 @@ class VectorIndex:
         that is right but for its parameters the settings' ones online (the steps of
         app.indexes.build's retune: the old graph named in the note when it is not yet, ALTER,
         REINDEX CONCURRENTLY, the new graph in the note). No row when nothing is to change."""
-        note = "obj_description(c.oid, 'pg_class')"
-        option = "(SELECT split_part(o, '=', 2) FROM unnest(c.reloptions) o WHERE o LIKE '{}=%')"
-        built = (
-            f"format('m=%s, ef_construction=%s', "
-            f"coalesce({option.format('m')}, '{PGVECTOR_DEFAULTS['m']}'), "
-            f"coalesce({option.format('ef_construction')}, "
-            f"'{PGVECTOR_DEFAULTS['ef_construction']}'))"
-        )
         done = json.dumps({"how": "REINDEX CONCURRENTLY", "graph": self.graph})
         return (
-            "SELECT CASE WHEN coalesce(strpos("
-            f"{note}, '\"graph\": '), 0) = 0 THEN format('COMMENT ON INDEX %I.%I IS %L', "
-            f"n.nspname, c.relname, jsonb_build_object('graph', {built})::text) END, "
+            f"SELECT CASE WHEN NOT {NOTE_NAMES_A_GRAPH_SQL} THEN format("
+            "'COMMENT ON INDEX %I.%I IS %L', "
+            f"n.nspname, c.relname, jsonb_build_object('graph', {GRAPH_OF_SQL})::text) END, "
             f"format('ALTER INDEX %I.%I SET ({self._with_params})', n.nspname, c.relname), "
             f"format('REINDEX INDEX CONCURRENTLY %I.%I', n.nspname, c.relname), "
             f"format('COMMENT ON INDEX %I.%I IS %L', n.nspname, c.relname, '{done}') "
-            f"{self._catalog} AND {self.shape_sql} AND NOT {self.params_sql}"
+            f"{self._retunable}"
         )
 
     @property
@@ -176,10 +176,7 @@ class VectorIndex:
     @property
     def report_sql(self) -> str:
         """state_sql plus the index's size and the note of its last build (its comment)."""
-        return (
-            f"SELECT {self._state_columns}, pg_relation_size(c.oid), "
-            f"obj_description(c.oid, 'pg_class') {self._catalog}"
-        )
+        return f"SELECT {self._state_columns}, pg_relation_size(c.oid), {NOTE_SQL} {self._catalog}"
 
     @property
     def _state_columns(self) -> str:
@@ -244,6 +241,18 @@ def graph_of(reloptions: Sequence[str] | None) -> str:
         if key in params:
             params[key] = int(value)
     return hnsw_label(params)
+
+
+def _reloption_sql(key: str) -> str:
+    value = f"(SELECT split_part(o, '=', 2) FROM unnest(c.reloptions) o WHERE o LIKE '{key}=%')"
+    return f"coalesce({value}, '{PGVECTOR_DEFAULTS[key]}')"
+
+
+# graph_of in SQL, over pg_class c (for the --sql script, which has no Python at run time).
+GRAPH_OF_SQL = (
+    f"format('m=%s, ef_construction=%s', {_reloption_sql('m')}, "
+    f"{_reloption_sql('ef_construction')})"
+)
 
 
 def active_vector_indexes(execute: Callable[[str], Sequence[Any]]) -> tuple[VectorIndex, ...]:
