@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,7 +16,7 @@ from app.core.errors import EmbeddingProviderError
 from app.core.urls import to_asyncpg_url
 from app.db import create_engine, session_factory
 from app.embedding.entities import MESSAGES
-from app.embedding.jobs import embed_rows
+from app.embedding.jobs import Lease, embed_rows
 from app.embedding.queue import mark_queued
 from app.embedding.registry import EmbeddingRegistry, ServiceEntry
 from testkit.stubs.openai_stub import OpenAIStub
@@ -106,3 +107,68 @@ async def test_rows_filled_in_go_back_to_the_sweeper_when_the_provider_fails(
     assert all(claimed is None for _, claimed, _ in rows)  # no lease left to expire
     queued = {row_id for row_id, _, queued_at in rows if queued_at is not None}
     assert queued == {ids[0]}  # its own task retries it; the others are the sweeper's now
+
+
+async def test_a_call_that_fails_after_the_provider_gives_every_row_back(
+    db: AsyncEngine, stub: OpenAIStub
+) -> None:
+    """A failure at the write (here a constraint the vectors break; in production a connection
+    broken mid-statement) releases the leases as a provider failure does: otherwise the rows'
+    own tasks, which took them as this call's, are done, and nothing takes them again."""
+    await insert_messages(db, 20)
+    ids = await _ids(db)
+    await mark_queued(db, MESSAGES, ids)
+    async with db.begin() as conn:  # the claims pass it (embedding stays NULL), the write not
+        await conn.execute(
+            text("ALTER TABLE messages ADD CONSTRAINT no_vectors CHECK (embedding IS NULL)")
+        )
+    registry, entry = await _service(db, stub)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError, match="no_vectors"):
+            await embed_rows(
+                db, MESSAGES, ids[:5], entry.service, model=entry.spec.model, max_attempts=3,
+                fill_to=20,
+            )  # fmt: skip
+    finally:
+        await registry.aclose()
+
+    assert stub.stats()["requests"] == 1  # the provider was called: the write failed
+    async with db.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT id, embedding_claimed_by, embedding_queued_at FROM messages")
+            )
+        ).all()
+    assert all(claimed is None for _, claimed, _ in rows)
+    queued = {row_id for row_id, _, queued_at in rows if queued_at is not None}
+    assert queued == set(ids[:5])  # its own task retries them; the rest are the sweeper's
+
+
+async def test_rows_a_finished_call_left_leased_are_busy_until_the_lease_runs_out(
+    db: AsyncEngine, stub: OpenAIStub
+) -> None:
+    """A lease of this process whose call ended without releasing it (the database was down)
+    makes the rows busy, with the time it has left: the task looks again then, instead of
+    taking the rows as another running call's and leaving them to the sweeper."""
+    await insert_messages(db, 6)
+    ids = await _ids(db)
+    ended_call = Lease().owner  # this host and process, a call that is not running
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE messages SET embedding_claimed_by = :owner, "
+                "embedding_claim_expires_at = now() + interval '20 seconds' WHERE id = ANY(:ids)"
+            ),
+            {"owner": ended_call, "ids": ids[:3]},
+        )
+    registry, entry = await _service(db, stub)
+    try:
+        stats = await embed_rows(
+            db, MESSAGES, ids, entry.service, model=entry.spec.model, max_attempts=3
+        )
+    finally:
+        await registry.aclose()
+
+    assert stats.embedded == 3
+    assert sorted(stats.busy) == sorted(ids[:3])
+    assert 15 < stats.busy_seconds <= 20

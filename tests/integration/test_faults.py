@@ -135,7 +135,10 @@ async def test_postgres_restart_mid_backfill_recovers_in_seconds(
         stub.set_latency(ms=0)
         took = await _recovery(pipeline, ROWS)
 
-        assert took <= RECOVERY, f"every row current {took:.1f}s after Postgres returned"
+        log = pipeline.workers[0].output()
+        assert took <= RECOVERY, (
+            f"every row current {took:.1f}s after Postgres returned; worker:\n{log[-6000:]}"
+        )
         _each_text_once(stub, ROWS)
         assert "database unreachable" in pipeline.workers[0].output()
 
@@ -156,7 +159,10 @@ async def test_nats_restart_mid_backfill_recovers_in_seconds(
         stub.set_latency(ms=0)
         took = await _recovery(pipeline, ROWS)
 
-        assert took <= RECOVERY, f"every row current {took:.1f}s after NATS returned"
+        log = pipeline.workers[0].output()
+        assert took <= RECOVERY, (
+            f"every row current {took:.1f}s after NATS returned:\n{log[-6000:]}"
+        )
         _each_text_once(stub, ROWS)
 
 

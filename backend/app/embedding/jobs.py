@@ -44,6 +44,8 @@ from app.models.embedding_space import SLOT_SUFFIX
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# The lease owners of the embed_rows calls running in this process.
+_RUNNING: set[str] = set()
 # Rounds of claim-embed-write for rows edited while they were being embedded.
 MAX_ROUNDS = 3
 Heartbeat = Callable[[], Awaitable[None]]
@@ -54,8 +56,11 @@ class EmbedStats:
     embedded: int = 0
     skipped: int = 0
     failed: int = 0
-    # Skipped because another process holds a live lease on them (not counted as done).
+    # Skipped because a live lease that no running call of this process holds is on them
+    # (another worker's, or one a failed call could not release): not done (`_busy_sql`).
     busy: list[uuid.UUID] = field(default_factory=list)
+    # Seconds until the last of the busy rows' leases runs out (if it is not renewed).
+    busy_seconds: float = 0.0
     # Rows beyond the task's own ids taken into its batch (counted in embedded/failed too).
     filled: int = 0
 
@@ -72,11 +77,6 @@ class Lease:
     owner: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     )
-
-    @property
-    def process(self) -> str:
-        """The owner's prefix shared by every lease of this process ("host:pid:")."""
-        return self.owner.rsplit(":", 1)[0] + ":"
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,15 @@ def _fill_sql(entity: Entity) -> str:
 
 
 def _busy_sql(entity: Entity) -> str:
-    # Held by another process: a lease of this process is another task of it, which finishes
-    # the rows or hands them back (see _embed_claimed).
+    # Held by a live lease that no running call of this process holds: another process's (it
+    # renews it while it works), or a call of this one that ended without giving its rows
+    # back (the database was down): it runs out. A running call finishes its rows or hands
+    # them back (embed_rows).
     c = entity.cols
     return f"""
-        SELECT id FROM {entity.table}
-        WHERE id = ANY($1::uuid[]) AND NOT starts_with({c.claimed_by}, $2)
+        SELECT id, extract(epoch FROM {c.claim_expires_at} - now()) AS seconds_left
+        FROM {entity.table}
+        WHERE id = ANY($1::uuid[]) AND NOT ({c.claimed_by} = ANY($2::text[]))
           AND {c.claim_expires_at} >= now()
           AND {c.needs_text}
         ORDER BY id
@@ -302,11 +305,8 @@ async def _fill(
     )
 
 
-async def _busy(
-    engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID], lease: Lease
-) -> list[uuid.UUID]:
-    rows = await _fetch_in_slot(engine, entity, _busy_sql, list(ids), lease.process)
-    return [row["id"] for row in rows]
+async def _busy(engine: AsyncEngine, entity: Entity, ids: Sequence[uuid.UUID]) -> list[Any]:
+    return await _fetch_in_slot(engine, entity, _busy_sql, list(ids), sorted(_RUNNING))
 
 
 async def release(
@@ -425,51 +425,85 @@ async def embed_rows(
     retry = retry or DbRetry()
     stats = EmbedStats()
     todo, first = list(ids), True
-    for _ in range(MAX_ROUNDS):
-        rows = await retry.run(partial(_claim, engine, entity, todo, model, max_attempts, lease))
-        stats.skipped += len(todo) - len(rows)
-        filled: list[Any] = []
-        if first:
-            if len(rows) < len(todo):
-                stats.busy = await retry.run(partial(_busy, engine, entity, todo, lease))
-            if fill_to > len(rows):
-                more = fill_to - len(rows)
-                filled = await retry.run(partial(_fill, engine, entity, more, max_attempts, lease))
-                stats.filled = len(filled)
-        first = False
-        rows = sorted([*rows, *filled], key=lambda row: row["id"])
-        if not rows:
-            return stats
-        outcomes = await _embed_claimed(engine, entity, rows, filled, service, lease, heartbeat)
-        written = await retry.run(partial(_write, engine, entity, rows, outcomes, model, lease))
-        stats.embedded += written.embedded
-        stats.failed += written.failed
-        todo = written.edited
+    held: dict[uuid.UUID, bool] = {}  # the rows this call holds -> whether it filled them in
+    _RUNNING.add(lease.owner)
+    try:
+        for _ in range(MAX_ROUNDS):
+            rows = await retry.run(
+                partial(_claim, engine, entity, todo, model, max_attempts, lease)
+            )
+            held.update((row["id"], held.get(row["id"], False)) for row in rows)
+            stats.skipped += len(todo) - len(rows)
+            filled: list[Any] = []
+            if first:
+                if len(rows) < len(todo):
+                    busy = await retry.run(partial(_busy, engine, entity, todo))
+                    stats.busy = [row["id"] for row in busy]
+                    stats.busy_seconds = max((float(r["seconds_left"]) for r in busy), default=0)
+                if fill_to > len(rows):
+                    more = fill_to - len(rows)
+                    filled = await retry.run(
+                        partial(_fill, engine, entity, more, max_attempts, lease)
+                    )
+                    held.update((row["id"], True) for row in filled)
+                    stats.filled = len(filled)
+            first = False
+            rows = sorted([*rows, *filled], key=lambda row: row["id"])
+            if not rows:
+                return stats
+            outcomes = await _embed_claimed(engine, entity, rows, service, lease, heartbeat)
+            written = await retry.run(partial(_write, engine, entity, rows, outcomes, model, lease))
+            held = {i: held[i] for i in written.edited if i in held}  # the rest are released
+            stats.embedded += written.embedded
+            stats.failed += written.failed
+            todo = written.edited
+    except BaseException as exc:
+        # Waits for the database only when the call failed for another reason: past its own
+        # retries, or cancelled, one try.
+        waits = isinstance(exc, Exception) and not is_transient_db_error(exc)
+        await _give_back(engine, entity, held, lease, retry if waits else None)
+        raise
+    finally:
+        _RUNNING.discard(lease.owner)
     stats.skipped += len(todo)
     return stats
+
+
+async def _give_back(
+    engine: AsyncEngine,
+    entity: Entity,
+    held: dict[uuid.UUID, bool],
+    lease: Lease,
+    retry: DbRetry | None,
+) -> None:
+    """A call that failed releases what it holds, at any step: its own rows for its task's
+    next delivery, the rows it filled in back to the sweeper (their own tasks took them as
+    done by this call). With `retry`, a database that went away is waited for (not past a
+    stop); otherwise (the call was cancelled) one try. A lease not released runs out, and the
+    tasks of its rows wait for that (`_busy`)."""
+    own = sorted(i for i, filled_in in held.items() if not filled_in)
+    others = sorted(i for i, filled_in in held.items() if filled_in)
+    for ids, requeue in ((own, False), (others, True)):
+        if not ids:
+            continue
+        step = partial(release, engine, entity, ids, lease.owner, requeue=requeue)
+        try:
+            await (step() if retry is None else retry.run(step))
+        except Exception as exc:  # noqa: BLE001 - the call's own error is the one raised
+            logger.warning(
+                "could not release %d %s (%s); their leases run out", len(ids), entity.name, exc
+            )
 
 
 async def _embed_claimed(
     engine: AsyncEngine,
     entity: Entity,
     rows: list[Any],
-    filled: list[Any],
     service: EmbeddingService,
     lease: Lease,
     heartbeat: Heartbeat | None,
 ) -> list[EmbedOutcome]:
-    """The provider call under a renewed lease; on failure the leases are given up at once:
-    the task's own rows for its retry, the rows it filled in back to the sweeper."""
+    """The provider call under a renewed lease (on failure embed_rows gives the rows back)."""
     claimed = [row["id"] for row in rows]
-    try:
-        async with _renewing(engine, entity, claimed, lease, heartbeat):
-            return await service.embed_documents([row["text"] for row in rows])
-    except BaseException:
-        others = {row["id"] for row in filled}
-        own = [i for i in claimed if i not in others]
-        with contextlib.suppress(Exception):  # a lease not released expires
-            await release(engine, entity, own, lease.owner)
-        with contextlib.suppress(Exception):
-            if others:
-                await release(engine, entity, sorted(others), lease.owner, requeue=True)
-        raise
+    async with _renewing(engine, entity, claimed, lease, heartbeat):
+        return await service.embed_documents([row["text"] for row in rows])

@@ -28,6 +28,13 @@ class Recovery:
     def failed(self, dependency: str) -> None:
         self.down.add(dependency)
 
+    def sweep_now(self) -> None:
+        """Rows were handed back to the sweeper (a task failed and gave back the rows it had
+        filled in, whose own tasks are done): the sweeper takes them now, not after its
+        grace period."""
+        if self.wake is not None:
+            self.wake.set()
+
     def back(self, dependency: str) -> None:
         if dependency not in self.down:
             return

@@ -100,15 +100,24 @@ async def _embed_batch(
         raise  # the retry middleware's
     except Exception as exc:  # noqa: BLE001 - sorted below: wait, park or deliver again
         await _failed(entity, row_ids, exc, delivery)
+        recovery.sweep_now()  # for the rows it had filled in (embed_rows gave them back)
         return {"embedded": 0, "skipped": 0, "failed": len(row_ids)}
     if stats.embedded:
         recovery.back(PROVIDER)
     logger.info("embedded %s: %s (%d filled in)", entity.name, stats.as_dict(), stats.filled)
     if stats.busy and delivery is not None and not delivery.last:
-        # Another worker holds them: done soon, or it died and the lease runs out. (A task of
-        # this worker that filled them in finishes them or hands them to the sweeper.)
-        await delivery.nak(settings.embedding_lease_seconds / 2)
+        # Another worker holds them (done soon, or it died and the lease runs out), or a task
+        # of this worker that could not give them back: look again when the lease runs out.
+        # (A running task of this worker that filled them in finishes them or hands them to
+        # the sweeper.)
+        await delivery.nak(_busy_delay(stats.busy_seconds, settings.embedding_lease_seconds))
     return stats.as_dict()
+
+
+def _busy_delay(seconds_left: float, lease_seconds: float) -> float:
+    """Until just after the busy rows' lease runs out, at most half a lease (a live holder
+    renews it, and is likely done by then)."""
+    return min(lease_seconds / 2, max(1.0, seconds_left + 0.5))
 
 
 async def _failed(
