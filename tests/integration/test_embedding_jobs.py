@@ -1,5 +1,6 @@
-"""embed_rows' fill: a task takes other waiting rows into its batch, and hands them back to the
-sweeper when the provider fails (the backlog after an outage drains a batch per call)."""
+"""embed_rows' fill and leases: a task takes other waiting rows into its batch, and when it fails
+(the provider, or any later step) hands every row back, the filled-in ones to the sweeper; a
+lease a failed call left makes its rows busy until it runs out."""
 
 from __future__ import annotations
 
@@ -123,14 +124,16 @@ async def test_a_call_that_fails_after_the_provider_gives_every_row_back(
             text("ALTER TABLE messages ADD CONSTRAINT no_vectors CHECK (embedding IS NULL)")
         )
     registry, entry = await _service(db, stub)
+    handed_back: list[bool] = []
     try:
         with pytest.raises(asyncpg.CheckViolationError, match="no_vectors"):
             await embed_rows(
                 db, MESSAGES, ids[:5], entry.service, model=entry.spec.model, max_attempts=3,
-                fill_to=20,
+                fill_to=20, requeued=lambda: handed_back.append(True),
             )  # fmt: skip
     finally:
         await registry.aclose()
+    assert handed_back == [True]  # the worker's sweeper is woken for the filled-in rows
 
     assert stub.stats()["requests"] == 1  # the provider was called: the write failed
     async with db.connect() as conn:

@@ -70,7 +70,8 @@ class EmbedStats:
 
 @dataclass(frozen=True)
 class Lease:
-    """Who holds the claim (one owner per embed_rows call) and for how long it lasts."""
+    """Who holds the claim (one owner per embed_rows call: never shared by two at once) and
+    for how long it lasts."""
 
     seconds: float = 30.0
     renew_every: float | None = None  # default: a third of the lease
@@ -415,11 +416,14 @@ async def embed_rows(
     retry: DbRetry | None = None,
     heartbeat: Heartbeat | None = None,
     fill_to: int = 0,
+    requeued: Callable[[], None] | None = None,
 ) -> EmbedStats:
     """Embed the rows among `ids` that need it; return embedded/skipped/failed counts.
 
     With `fill_to`, the first claim is topped up to that many rows with any others that wait
-    for their text to be embedded (their own tasks then find nothing to do).
+    for their text to be embedded (their own tasks then find nothing to do). A call that
+    fails gives back what it holds, and calls `requeued` when it handed filled-in rows back to
+    the sweeper.
     """
     lease = lease or Lease()
     retry = retry or DbRetry()
@@ -461,7 +465,8 @@ async def embed_rows(
         # Waits for the database only when the call failed for another reason: past its own
         # retries, or cancelled, one try.
         waits = isinstance(exc, Exception) and not is_transient_db_error(exc)
-        await _give_back(engine, entity, held, lease, retry if waits else None)
+        if await _give_back(engine, entity, held, lease, retry if waits else None) and requeued:
+            requeued()
         raise
     finally:
         _RUNNING.discard(lease.owner)
@@ -475,24 +480,32 @@ async def _give_back(
     held: dict[uuid.UUID, bool],
     lease: Lease,
     retry: DbRetry | None,
-) -> None:
+) -> int:
     """A call that failed releases what it holds, at any step: its own rows for its task's
     next delivery, the rows it filled in back to the sweeper (their own tasks took them as
-    done by this call). With `retry`, a database that went away is waited for (not past a
-    stop); otherwise (the call was cancelled) one try. A lease not released runs out, and the
-    tasks of its rows wait for that (`_busy`)."""
+    this call's and are done); returns how many went back to the sweeper. With `retry` a
+    database that went away is waited for, once for both (not past a stop); without (the call
+    was cancelled, or the database stayed away past its retries) one try. A lease not
+    released runs out: the task of one of its own rows comes back then (`_busy`); a filled-in
+    row waits for the sweeper's next pass."""
     own = sorted(i for i, filled_in in held.items() if not filled_in)
     others = sorted(i for i, filled_in in held.items() if filled_in)
-    for ids, requeue in ((own, False), (others, True)):
-        if not ids:
-            continue
-        step = partial(release, engine, entity, ids, lease.owner, requeue=requeue)
-        try:
-            await (step() if retry is None else retry.run(step))
-        except Exception as exc:  # noqa: BLE001 - the call's own error is the one raised
-            logger.warning(
-                "could not release %d %s (%s); their leases run out", len(ids), entity.name, exc
-            )
+
+    async def both() -> int:
+        # Again after a failure of the second, the first releases nothing: its owner is gone.
+        if own:
+            await release(engine, entity, own, lease.owner)
+        return (
+            len(await release(engine, entity, others, lease.owner, requeue=True)) if others else 0
+        )
+
+    try:
+        return await (both() if retry is None else retry.run(both))
+    except Exception as exc:  # noqa: BLE001 - the call's own error is the one raised
+        logger.warning(
+            "could not release %d %s (%s); their leases run out", len(held), entity.name, exc
+        )
+        return 0
 
 
 async def _embed_claimed(

@@ -3,8 +3,9 @@
 A task that fails on the database, the broker or the provider says so (`failed`); the first
 success after that (`back`) wakes the sweeper, which then takes at once, without its grace
 period, the rows that waited through the outage with no task (a publish that failed, rows
-handed back). While the database is down the sweeper probes it every few seconds, so a
-returning database is noticed even by an idle worker.
+handed back). A task that fails holding rows it filled in from other tasks hands them back
+and wakes the sweeper too (`sweep_now`). While the database is down the sweeper probes it
+every few seconds, so a returning database is noticed even by an idle worker.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ class Recovery:
 
     def sweep_now(self) -> None:
         """Rows were handed back to the sweeper (a task failed and gave back the rows it had
-        filled in, whose own tasks are done): the sweeper takes them now, not after its
-        grace period."""
+        filled in, whose own tasks are done): this worker's sweeper takes them now, not after
+        its grace period (a worker run without a sweeper leaves them to another's next pass)."""
         if self.wake is not None:
             self.wake.set()
 

@@ -94,22 +94,23 @@ async def _embed_batch(
             fill_to=settings.task_batch_size
             if provider_id is None and space.state == "active"
             else 0,
+            # rows it filled in, handed back after a failure: their own tasks are done
+            requeued=recovery.sweep_now,
         )
     except EmbeddingProviderError:
         recovery.failed(PROVIDER)
         raise  # the retry middleware's
     except Exception as exc:  # noqa: BLE001 - sorted below: wait, park or deliver again
         await _failed(entity, row_ids, exc, delivery)
-        recovery.sweep_now()  # for the rows it had filled in (embed_rows gave them back)
         return {"embedded": 0, "skipped": 0, "failed": len(row_ids)}
     if stats.embedded:
         recovery.back(PROVIDER)
     logger.info("embedded %s: %s (%d filled in)", entity.name, stats.as_dict(), stats.filled)
     if stats.busy and delivery is not None and not delivery.last:
         # Another worker holds them (done soon, or it died and the lease runs out), or a task
-        # of this worker that could not give them back: look again when the lease runs out.
-        # (A running task of this worker that filled them in finishes them or hands them to
-        # the sweeper.)
+        # of this worker that failed and could not give them back: look again when the lease
+        # runs out. (A running task of this worker that filled them in finishes them or, if it
+        # fails, hands them back.)
         await delivery.nak(_busy_delay(stats.busy_seconds, settings.embedding_lease_seconds))
     return stats.as_dict()
 

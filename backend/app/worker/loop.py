@@ -63,7 +63,8 @@ async def sweep_once(settings: Settings, *, grace_seconds: float) -> dict[str, i
 
 async def sweeper_loop(settings: Settings, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """Every interval, queue rows that waited past the grace period (the self-healing path);
-    woken when a dependency is back, take every row that waits, young ones too."""
+    woken when a dependency is back or rows were handed back, take every row that waits, young
+    ones too."""
     recovery = runtime_module.runtime.recovery
     while not stop.is_set():
         woken = wake.is_set()
