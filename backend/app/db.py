@@ -194,7 +194,8 @@ def _ping_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     except Exception as exc:
         # A timeout says the server is slow, not that the connection is dead: no reconnect
         # storm on a loaded server. Anything else that is not a lost connection is a defect,
-        # never hidden behind reconnects.
+        # never hidden behind reconnects. A protocol left mid-operation by the server's close
+        # (`lost_mid_operation`) is a lost connection: before, it was a 500 at a restart.
         if isinstance(exc, TimeoutError) or not is_transient_db_error(exc):
             raise
         raise InvalidatePoolError(f"pooled connection failed its ping: {exc!r}") from exc
@@ -208,8 +209,9 @@ async def _register_vector(connection: Any) -> None:
     except ValueError:
         pass  # no vector extension yet (before the first migration): nothing to register
     except asyncpg.InternalClientError as exc:
-        # The connection broke while it was being set up (seen while the server restarted:
-        # "another operation is in progress"): a lost connection, answered 503, not a bug.
+        if not lost_mid_operation(exc):
+            raise
+        # The connection broke while it was being set up: a lost connection, answered 503.
         raise ConnectionError(f"database connection lost during setup: {exc}") from exc
 
 
@@ -330,13 +332,21 @@ _TRANSIENT = (
 )
 
 
+def lost_mid_operation(exc: BaseException) -> bool:
+    """asyncpg's protocol left mid-operation by a server that closed the connection (seen at
+    every restart under load: the server's 'terminating connection' arrived while the protocol
+    was busy, and the next use says "cannot switch to state 15; another operation (2) is in
+    progress"): the connection is lost, like a closed one; not a bug of the statement."""
+    return isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc)
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) says the database is unreachable for now."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _TRANSIENT):
+        if isinstance(current, _TRANSIENT) or lost_mid_operation(current):
             return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True
