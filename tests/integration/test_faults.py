@@ -118,6 +118,14 @@ async def _recovery(pipeline: Pipeline, rows: int) -> float:
     return time.monotonic() - back
 
 
+def _within_bound(pipeline: Pipeline, took: float, server: str) -> None:
+    """The recovery target, failing with the worker's log (what it waited for)."""
+    log = pipeline.workers[0].output()
+    assert took <= RECOVERY, (
+        f"every row current {took:.1f}s after {server} returned; worker:\n{log[-6000:]}"
+    )
+
+
 async def test_postgres_restart_mid_backfill_recovers_in_seconds(
     own_postgres: tuple[LocalPostgres, str], nats_url: str, stub: OpenAIStub, tmp_path: Path
 ) -> None:
@@ -135,10 +143,7 @@ async def test_postgres_restart_mid_backfill_recovers_in_seconds(
         stub.set_latency(ms=0)
         took = await _recovery(pipeline, ROWS)
 
-        log = pipeline.workers[0].output()
-        assert took <= RECOVERY, (
-            f"every row current {took:.1f}s after Postgres returned; worker:\n{log[-6000:]}"
-        )
+        _within_bound(pipeline, took, "Postgres")
         _each_text_once(stub, ROWS)
         assert "database unreachable" in pipeline.workers[0].output()
 
@@ -159,10 +164,7 @@ async def test_nats_restart_mid_backfill_recovers_in_seconds(
         stub.set_latency(ms=0)
         took = await _recovery(pipeline, ROWS)
 
-        log = pipeline.workers[0].output()
-        assert took <= RECOVERY, (
-            f"every row current {took:.1f}s after NATS returned:\n{log[-6000:]}"
-        )
+        _within_bound(pipeline, took, "NATS")
         _each_text_once(stub, ROWS)
 
 

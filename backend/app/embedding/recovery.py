@@ -30,9 +30,10 @@ class Recovery:
         self.down.add(dependency)
 
     def sweep_now(self) -> None:
-        """Rows were handed back to the sweeper (a task failed and gave back the rows it had
-        filled in, whose own tasks are done): this worker's sweeper takes them now, not after
-        its grace period (a worker run without a sweeper leaves them to another's next pass)."""
+        """Wake this worker's sweeper: it takes every row that waits now, not after its grace
+        period (rows that waited through an outage, rows a failed task handed back because
+        their own tasks are done). A worker run without a sweeper leaves them to another's
+        next pass."""
         if self.wake is not None:
             self.wake.set()
 
@@ -41,5 +42,4 @@ class Recovery:
             return
         self.down.discard(dependency)
         logger.warning("%s is back: the sweeper takes what waited for it now", dependency)
-        if self.wake is not None:
-            self.wake.set()
+        self.sweep_now()
