@@ -224,31 +224,12 @@ async def test_the_shipped_cluster_conf_forms_a_jetstream_cluster_behind_the_pas
     flags): they form one cluster that holds an R3 stream, and ask clients for the password."""
     import nats
 
-    from app.core.embedded import nats_server_binary
-    from app.core.nats_cluster import NatsNode
+    from app.core.nats_cluster import NatsCluster
 
-    nodes = [NatsNode(f"nats-{i}", tmp_path / f"n{i}") for i in (1, 2, 3)]
-    routes = ",".join(f"nats-route://127.0.0.1:{node.cluster_port}" for node in nodes)
-    servers = []
-    for node in nodes:
-        argv = [nats_server_binary(), "-c", str(REPO / "deploy" / "nats-cluster.conf")]
-        argv += ["-a", "127.0.0.1", "-p", str(node.port), "-m", str(node.monitor_port)]
-        argv += ["-sd", str(node.folder), "--cluster", f"nats://127.0.0.1:{node.cluster_port}"]
-        node.folder.mkdir(parents=True)
-        servers.append(
-            subprocess.Popen(
-                [*argv, "--routes", routes],
-                env={**os.environ, "NATS_PASSWORD": "right-pass", "NATS_SERVER_NAME": node.name},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not all(node.healthy() for node in nodes):
-            assert time.monotonic() < deadline, "the cluster did not form"
-            assert all(server.poll() is None for server in servers), "a node exited"
-            time.sleep(0.2)
+    conf = REPO / "deploy" / "nats-cluster.conf"
+    env = {"NATS_PASSWORD": "right-pass"}
+    with NatsCluster(3, tmp_path / "nats", "tasktracker", config=conf, env=env) as cluster:
+        nodes = cluster.nodes
         urls = [f"nats://tasktracker:right-pass@127.0.0.1:{node.port}" for node in nodes]
         client = await nats.connect(urls)
         try:
@@ -267,7 +248,3 @@ async def test_the_shipped_cluster_conf_forms_a_jetstream_cluster_behind_the_pas
                 allow_reconnect=False,
                 connect_timeout=5,
             )
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(15)

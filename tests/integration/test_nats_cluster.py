@@ -364,3 +364,24 @@ async def test_a_repeated_publish_is_dropped_and_a_retry_of_the_task_is_not(
     finally:
         await broker.js.delete_stream(stream)  # type: ignore[attr-defined]
         await broker.shutdown()
+
+
+def test_a_cluster_whose_port_was_taken_before_it_bound_starts_on_new_ports(
+    tmp_path: Path,
+) -> None:
+    """The ports are picked free before the servers bind them; a port another process takes in
+    between (here a listener held on a node's route port) kills that node, and the start goes
+    again on new ports instead of failing."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        cluster = NatsCluster(3, tmp_path / "nats")
+        cluster.nodes[2].cluster_port = taken
+        with cluster:
+            assert all(node.healthy() for node in cluster.nodes)
+            assert taken not in {n.cluster_port for n in cluster.nodes}
+            assert "address already in use" in (cluster.nodes[2].log.read_text())
+        assert not any(node.running for node in cluster.nodes)

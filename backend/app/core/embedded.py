@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,18 +253,24 @@ def spawn_nats(
     args: Sequence[str] = (),
     new_session: bool = False,
     timeout: float = 15.0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`nats-server -js` on 127.0.0.1:`port`, its store and log in `folder`; waits for the port.
 
     The one way every part of the project starts a nats-server (the embedded one, the tests'
-    and the benchmarks' own): RuntimeError, naming the log, when it does not come up.
+    and the benchmarks' own): RuntimeError, naming the log, when it does not come up. `env` is
+    added to this process's environment (a config file's variables).
     """
     store = folder / "store"
     store.mkdir(parents=True, exist_ok=True)
     command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
     with open(folder / "nats.log", "ab") as log:
         process = subprocess.Popen(
-            [*command, *args], stdout=log, stderr=log, start_new_session=new_session
+            [*command, *args],
+            stdout=log,
+            stderr=log,
+            start_new_session=new_session,
+            env={**os.environ, **env} if env else None,
         )
     deadline = time.monotonic() + timeout
     while not _port_open(port):
