@@ -404,19 +404,30 @@ class StatementClock:
 
 
 async def _bare_sa(conn: AsyncConnection, vector: Vector) -> list[int]:
-    rows = (await conn.execute(BARE_TEXT, {"q": vector})).all()
+    """The bare statement sent alone (autocommit: no BEGIN, no COMMIT), as the app's page is."""
+    from app.db import standalone
+
+    async with standalone(conn):
+        rows = (await conn.execute(BARE_TEXT, {"q": vector})).all()
     await conn.commit()
     return [row_index(row.id) for row in rows]
 
 
-async def _app(session: AsyncSession, query: np.ndarray, ef: int, settings: Settings) -> list[int]:
+async def _app(
+    session: AsyncSession, query: np.ndarray, ef: int, settings: Settings, space: int
+) -> list[int]:
+    """The service's search as the API calls it: for the query's embedding space, which the
+    statement checks is still the active one."""
     from app.embedding.entities import MESSAGES
     from app.search.semantic_search_service import SearchTuning, search
 
     tuning = SearchTuning(ef_search=ef, max_scan_tuples=settings.hnsw_max_scan_tuples)
-    page = await search(session, MESSAGES, query, limit=K, tuning=tuning)
+    page = await search(session, MESSAGES, query, limit=K, tuning=tuning, space_id=space)
     await session.commit()
     return [row_index(hit.id) for hit in page.hits]
+
+
+SPACE_SQL = text("SELECT id FROM embedding_spaces WHERE entity = 'messages' AND state = 'active'")
 
 
 async def _time_sa(
@@ -426,6 +437,7 @@ async def _time_sa(
     queries: np.ndarray,
     ef: int,
     settings: Settings,
+    space: int,
 ) -> list[float]:
     latencies = []
     for query in queries:
@@ -434,7 +446,7 @@ async def _time_sa(
         if name == "bare":
             await _bare_sa(conn, vector)
         else:
-            await _app(session, query, ef, settings)
+            await _app(session, query, ef, settings, space)
         latencies.append((time.perf_counter() - began) * 1000)
     return latencies
 
@@ -444,9 +456,11 @@ async def app_vs_bare(
 ) -> dict[str, Any]:
     """The service's search and the bare query, each on its own held SQLAlchemy connection.
 
-    Both are timed as a caller sees them, including their transaction's commit; both
-    connections are a search engine's, as the API's searches are (`create_engine(search=True)`:
-    they start with the search settings and the index-only plans, `app.db.search_settings`).
+    Both are timed as a caller sees them, including their commit; both connections are a search
+    engine's, as the API's searches are (`create_engine(search=True)`: they start with the
+    search settings and the index-only plans, `app.db.search_settings`). The app's search is
+    called as the API calls it (with the query's embedding space, checked in its statement);
+    it runs alone in autocommit, and so does the bare statement: one round trip each.
     """
     from app.db import create_engine
 
@@ -457,17 +471,21 @@ async def app_vs_bare(
         async with engine.connect() as bare_conn, engine.connect() as app_conn:
             await bare_conn.execute(text(CUSTOM_PLANS))
             await bare_conn.execute(text(f"SET hnsw.ef_search = {int(ef)}"))
+            space = int((await bare_conn.execute(SPACE_SQL)).scalar_one())
             await bare_conn.commit()
             session = AsyncSession(bind=app_conn, expire_on_commit=False)
             same = []
             for v, q in zip(vectors, data.queries, strict=True):  # also the warm-up
-                same.append(await _bare_sa(bare_conn, v) == await _app(session, q, ef, settings))
+                bare = await _bare_sa(bare_conn, v)
+                same.append(bare == await _app(session, q, ef, settings, space))
             for order in round_orders(["bare", "app"], rounds):
                 for name in order:
                     latencies[name].append(
-                        await _time_sa(name, bare_conn, session, data.queries, ef, settings)
+                        await _time_sa(name, bare_conn, session, data.queries, ef, settings, space)
                     )
-            statements = await statement_shares(session, app_conn, data.queries, ef, settings)
+            statements = await statement_shares(
+                session, app_conn, data.queries, ef, settings, space
+            )
             await session.close()
     finally:
         await engine.dispose()
@@ -486,7 +504,12 @@ async def app_vs_bare(
 
 
 async def statement_shares(
-    session: AsyncSession, conn: AsyncConnection, queries: np.ndarray, ef: int, settings: Settings
+    session: AsyncSession,
+    conn: AsyncConnection,
+    queries: np.ndarray,
+    ef: int,
+    settings: Settings,
+    space: int,
 ) -> dict[str, float]:
     """One pass, apart from the ratio's, with every statement of the service timed (p50, ms);
     the first statement of each transaction carries its BEGIN."""
@@ -498,7 +521,7 @@ async def statement_shares(
     commits = []
     try:
         for query in queries:
-            await search(session, MESSAGES, query, limit=K, tuning=tuning)
+            await search(session, MESSAGES, query, limit=K, tuning=tuning, space_id=space)
             began = time.perf_counter()
             await session.commit()
             commits.append((time.perf_counter() - began) * 1000)

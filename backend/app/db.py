@@ -15,6 +15,7 @@ import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -230,6 +231,28 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         except BaseException:
             await session.rollback()
             raise
+
+
+@asynccontextmanager
+async def standalone(connection: AsyncConnection) -> AsyncIterator[None]:
+    """The statements of the block run on their own when no transaction is open on the server
+    yet: in autocommit, without the BEGIN and COMMIT round trips (a one-statement read sends
+    one message instead of three); inside the open transaction otherwise.
+
+    SQLAlchemy's asyncpg adapter opens the server's transaction at a connection's first
+    statement; this sets the adapter's DBAPI `autocommit` for the block, so that first
+    statement opens none, and the session's commit has nothing to send.
+    """
+    adapter = (await connection.get_raw_connection()).dbapi_connection
+    was = getattr(adapter, "autocommit", None)
+    if adapter is None or was is None:  # not asyncpg's adapter: statements run as usual
+        yield
+        return
+    adapter.autocommit = True
+    try:
+        yield
+    finally:
+        adapter.autocommit = was
 
 
 def pooler_refusal(exc: BaseException) -> str | None:

@@ -271,32 +271,88 @@ async def test_on_a_search_engine_a_small_table_gets_any_plan_for_its_transactio
     assert len(page.hits) == 10
 
 
-async def test_the_space_check_and_the_settings_are_one_statement(
+async def _active_space(session: AsyncSession) -> int:
+    sql = "SELECT id FROM embedding_spaces WHERE entity = 'messages' AND state = 'active'"
+    return int((await session.execute(text(sql))).scalar_one())
+
+
+def _in_transaction(session_connection: Any) -> bool:
+    """Whether the server holds a transaction open on this connection (asyncpg's own view)."""
+    return bool(session_connection.driver_connection.is_in_transaction())
+
+
+async def test_a_page_checks_its_space_in_its_own_statement_and_runs_in_autocommit(
     search_engine: AsyncEngine,
 ) -> None:
     async with session_factory(search_engine)() as session:
-        space = (
-            await session.execute(
-                text(
-                    "SELECT id FROM embedding_spaces WHERE entity = 'messages' AND state = 'active'"
-                )
-            )
-        ).scalar_one()
+        space = await _active_space(session)
         await search.search(session, MESSAGES, _query(), limit=1, tuning=LARGE)  # table facts
         await session.commit()
         statements = Statements(search_engine)
-        await search.search(session, MESSAGES, _query(), limit=10, tuning=LARGE, space_id=space)
+        page = await search.search(
+            session, MESSAGES, _query(), limit=10, tuning=LARGE, space_id=space
+        )
+        raw = await (await session.connection()).get_raw_connection()
+        alone = _in_transaction(raw)
         await session.commit()
         checked_only = list(statements.sql)
         statements.sql.clear()
         await search.search(session, MESSAGES, _query(), limit=DEEP, tuning=LARGE, space_id=space)
+        raw = await (await session.connection()).get_raw_connection()
+        set_first = _in_transaction(raw)
         await session.commit()
         checked_and_set = list(statements.sql)
         with pytest.raises(search.SpaceMoved):
             await search.search(session, MESSAGES, _query(), limit=10, space_id=space + 1000)
-    assert [_kind(s) for s in checked_only] == ["SELECT EXISTS", "page"], checked_only
+    assert [_kind(s) for s in checked_only] == ["page"], checked_only
+    assert "embedding_spaces" in checked_only[0] and len(page.hits) == 10
+    assert not alone  # no BEGIN was sent: the page ran in autocommit
+    # ef_search differs: set for the transaction, then the page (with its check) inside it
     assert [_kind(s) for s in checked_and_set] == ["SELECT set_config", "page"]
-    assert "embedding_spaces" in checked_and_set[0] and checked_and_set[0].count("set_config") == 1
+    assert "embedding_spaces" not in checked_and_set[0] and "embedding_spaces" in checked_and_set[1]
+    assert set_first
+
+
+async def test_a_page_waiting_for_a_cutover_sees_the_space_it_committed(
+    search_engine: AsyncEngine, filled: str
+) -> None:
+    """The page names the table, so it takes the table's lock before its snapshot: a cutover that
+    holds the lock while it moves the spaces either committed before the page read them, or runs
+    after it. Here the page waits for it, then reads the cutover's spaces and moves on."""
+    import asyncio
+
+    import asyncpg
+
+    from app.core.urls import to_libpq_url
+
+    async with session_factory(search_engine)() as session:
+        space = await _active_space(session)
+        await session.commit()
+        cutover = await asyncpg.connect(to_libpq_url(filled))
+        watcher = await asyncpg.connect(to_libpq_url(filled))
+        try:
+            async with cutover.transaction():
+                await cutover.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                await cutover.execute(
+                    "UPDATE embedding_spaces SET state = 'previous' WHERE id = $1", space
+                )
+                page = asyncio.create_task(
+                    search.search(session, MESSAGES, _query(), limit=10, space_id=space)
+                )
+                waits = "SELECT count(*) FROM pg_locks WHERE relation = 'messages'::regclass "
+                waits += "AND NOT granted"
+                async with asyncio.timeout(30):
+                    while not await watcher.fetchval(waits):
+                        assert not page.done(), page
+                        await asyncio.sleep(0.02)
+            with pytest.raises(search.SpaceMoved):
+                await page
+        finally:
+            await cutover.execute(
+                "UPDATE embedding_spaces SET state = 'active' WHERE id = $1", space
+            )
+            await cutover.close()
+            await watcher.close()
 
 
 async def test_hybrid_on_a_search_engine_runs_its_full_text_step_with_any_plan(
