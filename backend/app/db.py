@@ -128,10 +128,14 @@ def create_engine(
 # and run inside the transaction that holds the server session (every statement of the app's
 # pools runs in one; what runs outside, CREATE INDEX CONCURRENTLY, goes to
 # DATABASE_DIRECT_URL).
+def _unnamed() -> str:
+    return ""
+
+
 _POOLED: dict[str, Any] = {
     "statement_cache_size": 0,
     "prepared_statement_cache_size": 0,
-    "prepared_statement_name_func": lambda: "",
+    "prepared_statement_name_func": _unnamed,
 }
 
 
@@ -165,6 +169,7 @@ def migration_engine(url: str | None = None, settings: Settings | None = None) -
 
 def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:
     started_with = dict(connect_args["server_settings"])
+    pooled = connect_args.get("prepared_statement_name_func") is _unnamed
 
     def on_connect(dbapi_connection: Any, record: Any) -> None:
         """pgvector's binary codec (numpy arrays in and out, no text parsing), and a note of
@@ -172,11 +177,13 @@ def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:
         dbapi_connection.run_async(_register_vector)
         record.info[SEARCH_SETTINGS_INFO] = started_with
         record.info[_FRESH] = True
+        record.info[_POOLED_INFO] = pooled
 
     return on_connect
 
 
 _FRESH = "fresh"  # key in a connection's info: not checked out yet, so not pinged
+_POOLED_INFO = "pooled"  # key in a connection's info: behind a pooler in transaction mode
 
 
 def _ping_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -241,11 +248,14 @@ async def standalone(connection: AsyncConnection) -> AsyncIterator[None]:
 
     SQLAlchemy's asyncpg adapter opens the server's transaction at a connection's first
     statement; this sets the adapter's DBAPI `autocommit` for the block, so that first
-    statement opens none, and the session's commit has nothing to send.
+    statement opens none, and the session's commit has nothing to send. Behind a pooler in
+    transaction mode every statement keeps its transaction (`_POOLED`): a statement is prepared
+    and run in two messages, which only a transaction keeps on one server session.
     """
-    adapter = (await connection.get_raw_connection()).dbapi_connection
+    raw = await connection.get_raw_connection()
+    adapter = raw.dbapi_connection
     was = getattr(adapter, "autocommit", None)
-    if adapter is None or was is None:  # not asyncpg's adapter: statements run as usual
+    if adapter is None or was is None or raw.info.get(_POOLED_INFO):  # statements as usual
         yield
         return
     adapter.autocommit = True

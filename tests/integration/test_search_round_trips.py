@@ -20,6 +20,7 @@ from tests.factories import embed_randomly_sql, insert_messages_sql
 DIMS = 384  # the test database's column
 ROWS, PENDING = 300, 7
 DEEP = DEFAULT_EF_SEARCH + 50  # a page deeper than the default ef_search
+LARGE = search.SearchTuning(index_min_rows=100)  # 307 rows: "large" here
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,18 @@ async def app_engine(filled: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+async def _know_table_facts(engine: AsyncEngine) -> None:
+    """The search reads whether to insist on the HNSW index (index valid, table size) once per
+    30 s per engine and table; these tests count the statements of the searches after that."""
+    async with session_factory(engine)() as session:
+        for tuning in (search.SearchTuning(), LARGE):
+            await search.search(session, MESSAGES, _query(), limit=1, tuning=tuning)
+            await session.commit()
+
+
 @pytest.fixture(autouse=True)
 async def table_facts_known(app_engine: AsyncEngine) -> None:
-    """The search reads whether to insist on the HNSW index (index valid, table size) once per
-    30 s per table; these tests count the statements of the searches after that."""
-    async with session_factory(app_engine)() as session:
-        await search.search(session, MESSAGES, _query(), limit=1)
+    await _know_table_facts(app_engine)
 
 
 def _vector_codec(dbapi_connection: Any, _record: Any) -> None:
@@ -163,6 +170,7 @@ async def test_filters_exclude_and_threshold_on_an_engine_without_the_settings(
     # A connection not made by app.db.create_engine: the search sets every setting itself.
     engine = create_async_engine(filled, pool_size=1)
     event.listen(engine.sync_engine, "connect", _vector_codec)
+    await _know_table_facts(engine)
     statements = Statements(engine)
     try:
         async with session_factory(engine)() as session:
@@ -205,12 +213,11 @@ async def test_hybrid_mode_fuses_full_text_and_vector(app_engine: AsyncEngine) -
 
 # ----------------------------------------------------------------- the search engine's plans
 
-LARGE = search.SearchTuning(index_min_rows=100)  # 307 rows: "large" here
-
 
 @pytest.fixture
 async def search_engine(filled: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(url=filled, settings=Settings(), search=True, pool_size=1)
+    await _know_table_facts(engine)
     yield engine
     await engine.dispose()
 
@@ -369,3 +376,25 @@ async def test_hybrid_on_a_search_engine_runs_its_full_text_step_with_any_plan(
     assert fulltext and all(h.row["content"].startswith("waiting") for h in fulltext)
     assert any("vector" in h.matched_by for h in page.hits)
     assert inside == ("on", "on") and after == ("off", "off")
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+async def test_a_statement_runs_alone_except_behind_a_transaction_pooler(
+    filled: str, pool_mode: str
+) -> None:
+    """`standalone` sends no BEGIN on a direct connection; behind a pooler in transaction mode
+    the statement keeps its transaction (prepared and run in two messages, which only a
+    transaction keeps on one server session)."""
+    from app.db import standalone
+
+    engine = create_engine(url=filled, settings=Settings(database_pool_mode=pool_mode))
+    try:
+        async with engine.connect() as conn:
+            async with standalone(conn):
+                assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+            raw = await conn.get_raw_connection()
+            in_transaction = _in_transaction(raw)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    assert in_transaction == (pool_mode == "transaction")
