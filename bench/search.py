@@ -949,14 +949,18 @@ def render(section: dict[str, Any], plots: Path) -> str:
         "",
         f"**The app's query vs the bare query** at ef_search {ef}: "
         "`semantic_search_service.search(session, MESSAGES, vector, limit=10, "
-        f"tuning=SearchTuning(ef_search={ef}))` in an AsyncSession bound to a held connection "
-        "of `app.db.create_engine(search=True)` (the API's search pool), against the bare "
-        "query on another held connection of the same engine, each timed with its commit, same "
-        "queries, rounds interleaved. The statement columns are the p50 of each statement of "
-        "the service, timed in a separate pass (the first statement of a transaction carries "
-        "its BEGIN; a search engine's connections start with the search settings and the "
-        "index-only plans, so a search at the default ef_search over a large table sends no "
-        "set_config); 'same ids' is the share of queries where both return the same rows.",
+        f"tuning=SearchTuning(ef_search={ef}), space_id=space)` (as the API calls it: the "
+        "statement also checks that the query's embedding space is the active one) in an "
+        "AsyncSession bound to a held connection of `app.db.create_engine(search=True)` (the "
+        f"API's search pool), against the bare query (`{BARE_TEXT.text}`) on another held "
+        "connection of the same engine, each timed with its commit, same queries, rounds "
+        "interleaved. Both run alone in autocommit (`app.db.standalone`: one round trip, no "
+        "BEGIN or COMMIT); until 2026-12-07 both ran in a transaction (three round trips each), "
+        "which put the same fixed cost on both sides. The statement columns are the p50 of each "
+        "statement of the service, timed in a separate pass (a search engine's connections start "
+        "with the search settings and the index-only plans, so a search at the default "
+        "ef_search over a large table sends no set_config); 'same ids' is the share of queries "
+        "where both return the same rows.",
         "",
         *_app_table(section),
         "",
