@@ -384,4 +384,13 @@ def test_a_cluster_whose_port_was_taken_before_it_bound_starts_on_new_ports(
             assert all(node.healthy() for node in cluster.nodes)
             assert taken not in {n.cluster_port for n in cluster.nodes}
             assert "address already in use" in (cluster.nodes[2].log.read_text())
-        assert not any(node.running for node in cluster.nodes)
+            servers = [psutil.Process(node.process.pid) for node in cluster.nodes if node.process]
+        assert len(servers) == 3
+    # every server, those of the first attempt too, is gone: no nats-server of this folder is left
+    psutil.wait_procs(servers, timeout=15)
+    left = [
+        proc.info["pid"]
+        for proc in psutil.process_iter(["pid", "cmdline"])
+        if str(tmp_path / "nats") in " ".join(proc.info["cmdline"] or ())
+    ]
+    assert not left, left

@@ -309,6 +309,10 @@ async def test_a_page_checks_its_space_in_its_own_statement_and_runs_in_autocomm
         set_first = _in_transaction(raw)
         await session.commit()
         checked_and_set = list(statements.sql)
+        plan = await search.explain_vector_page(
+            session, MESSAGES, _query(), tuning=LARGE, space_id=space
+        )
+        await session.commit()
         with pytest.raises(search.SpaceMoved):
             await search.search(session, MESSAGES, _query(), limit=10, space_id=space + 1000)
     assert [_kind(s) for s in checked_only] == ["page"], checked_only
@@ -318,6 +322,8 @@ async def test_a_page_checks_its_space_in_its_own_statement_and_runs_in_autocomm
     assert [_kind(s) for s in checked_and_set] == ["SELECT set_config", "page"]
     assert "embedding_spaces" not in checked_and_set[0] and "embedding_spaces" in checked_and_set[1]
     assert set_first
+    # the check runs before the rest: a moved space executes neither the count nor the scan
+    assert "One-Time Filter" in plan and "embedding_spaces" in plan, plan
 
 
 async def test_a_page_waiting_for_a_cutover_sees_the_space_it_committed(
@@ -325,7 +331,8 @@ async def test_a_page_waiting_for_a_cutover_sees_the_space_it_committed(
 ) -> None:
     """The page names the table, so it takes the table's lock before its snapshot: a cutover that
     holds the lock while it moves the spaces either committed before the page read them, or runs
-    after it. Here the page waits for it, then reads the cutover's spaces and moves on."""
+    after it. Here the page, sent alone in autocommit (no statement before it), waits for it,
+    then reads the cutover's spaces and moves on."""
     import asyncio
 
     import asyncpg
@@ -337,6 +344,8 @@ async def test_a_page_waiting_for_a_cutover_sees_the_space_it_committed(
         await session.commit()
         cutover = await asyncpg.connect(to_libpq_url(filled))
         watcher = await asyncpg.connect(to_libpq_url(filled))
+        page: asyncio.Task[search.SearchPage] | None = None
+        statements = Statements(search_engine)
         try:
             async with cutover.transaction():
                 await cutover.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
@@ -344,7 +353,9 @@ async def test_a_page_waiting_for_a_cutover_sees_the_space_it_committed(
                     "UPDATE embedding_spaces SET state = 'previous' WHERE id = $1", space
                 )
                 page = asyncio.create_task(
-                    search.search(session, MESSAGES, _query(), limit=10, space_id=space)
+                    search.search(
+                        session, MESSAGES, _query(), limit=10, tuning=LARGE, space_id=space
+                    )
                 )
                 waits = "SELECT count(*) FROM pg_locks WHERE relation = 'messages'::regclass "
                 waits += "AND NOT granted"
@@ -354,7 +365,12 @@ async def test_a_page_waiting_for_a_cutover_sees_the_space_it_committed(
                         await asyncio.sleep(0.02)
             with pytest.raises(search.SpaceMoved):
                 await page
+            raw = await (await session.connection()).get_raw_connection()
+            assert not _in_transaction(raw)
+            assert [_kind(s) for s in statements.sql] == ["page"], statements.sql
         finally:
+            if page is not None and not page.done():
+                page.cancel()
             await cutover.execute(
                 "UPDATE embedding_spaces SET state = 'active' WHERE id = $1", space
             )

@@ -14,6 +14,7 @@ in use picks new ports for every node and starts the cluster again.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from types import TracebackType
 
 from app.core.embedded import free_port, spawn_nats
 from app.core.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 PORT_TAKEN = "address already in use"
 START_ATTEMPTS = 3
@@ -47,6 +50,7 @@ class NatsNode:
     monitor_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     _log_start: int = 0
+    _started: bool = False  # started since its ports were last picked
 
     @property
     def log(self) -> Path:
@@ -63,11 +67,15 @@ class NatsNode:
     def start(self, cluster_name: str, routes: list[str]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._log_start = self.log.stat().st_size if self.log.exists() else 0
-        args = ["-c", str(self.config)] if self.config else []
-        args += ["--server_name", self.name, "-m", str(self.monitor_port)]
+        self._started = True
+        # A config file names the server and the cluster itself (the server's name from
+        # NATS_SERVER_NAME); the flags move its ports and routes to loopback.
+        args = ["-c", str(self.config)] if self.config else ["--server_name", self.name]
+        args += ["-m", str(self.monitor_port)]
         if len(routes) > 1:  # a cluster of one is a plain server
-            args += ["--cluster_name", cluster_name, "--cluster"]
-            args += [f"nats://127.0.0.1:{self.cluster_port}", "--routes", ",".join(routes)]
+            args += [] if self.config else ["--cluster_name", cluster_name]
+            args += ["--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
+            args += ["--routes", ",".join(routes)]
         env = {**self.env, "NATS_SERVER_NAME": self.name}
         try:
             self.process = spawn_nats(self.port, self.folder, args=args, new_session=True, env=env)
@@ -87,11 +95,12 @@ class NatsNode:
         return "\n".join(text.splitlines()[-lines:])
 
     def port_was_taken(self) -> bool:
-        """The latest start died because one of its ports was in use."""
-        return not self.running and PORT_TAKEN in self.log_tail(lines=50)
+        """This node was started on its ports and died because one of them was in use."""
+        return self._started and not self.running and PORT_TAKEN in self.log_tail(lines=50)
 
     def new_ports(self) -> None:
         self.port, self.cluster_port, self.monitor_port = free_port(), free_port(), free_port()
+        self._started = False
 
     def healthy(self) -> bool:
         """JetStream is up on this node and it knows the cluster's meta leader."""
@@ -161,8 +170,14 @@ class NatsCluster:
                 try:
                     return self._start_nodes(timeout)
                 except ConfigurationError:
-                    if not any(node.port_was_taken() for node in self.nodes):
+                    taken = [node.name for node in self.nodes if node.port_was_taken()]
+                    if not taken:
                         raise
+                    log.warning(
+                        "NATS cluster: a port of %s was taken before it bound; "
+                        "starting the cluster again on new ports",
+                        ", ".join(taken),
+                    )
                     self._stop_nodes()
                     for node in self.nodes:
                         node.new_ports()

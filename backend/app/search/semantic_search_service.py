@@ -467,16 +467,22 @@ async def explain_vector_page(
     threshold: float | None = None,
     filters: SearchFilters | None = None,
     tuning: SearchTuning | None = None,
+    space_id: int | None = None,
 ) -> str:
     """The plan of the statement `search` runs for a vector page, with the settings it runs
-    under (for tests and operators: which index a search uses)."""
+    under (for tests and operators: which index a search uses); with `space_id`, the API's
+    statement, gated by its space check."""
     filters = filters or SearchFilters()
     connection = await session.connection()
     await _tune(connection, entity, tuning or SearchTuning(), limit + offset)
     where, params = _where(entity, filters, None)
     max_distance = None if threshold is None else 1.0 - threshold
     params.update(q=_bind(query), max_distance=max_distance)
-    statement = _page_sql(entity, where, filters.sql(entity)[0], limit, offset)
+    if space_id is not None:
+        params["space"] = space_id
+    statement = _page_sql(
+        entity, where, filters.sql(entity)[0], limit, offset, space_id is not None
+    )
     result = await connection.execute(text(f"EXPLAIN {statement.text}"), params)
     return "\n".join(str(row[0]) for row in result)
 
