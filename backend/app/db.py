@@ -115,7 +115,7 @@ def create_engine(
         "server_settings": {**searching, **given.get("server_settings", {})},
     }
     engine = create_async_engine(url or ensure_database_url(settings), **options)
-    event.listen(engine.sync_engine, "connect", _on_connect(options["connect_args"]))
+    event.listen(engine.sync_engine, "connect", _on_connect(options["connect_args"], pooled=pooled))
     event.listen(engine.sync_engine, "checkout", _ping_on_checkout)
     return engine
 
@@ -128,14 +128,10 @@ def create_engine(
 # and run inside the transaction that holds the server session (every statement of the app's
 # pools runs in one; what runs outside, CREATE INDEX CONCURRENTLY, goes to
 # DATABASE_DIRECT_URL).
-def _unnamed() -> str:
-    return ""
-
-
 _POOLED: dict[str, Any] = {
     "statement_cache_size": 0,
     "prepared_statement_cache_size": 0,
-    "prepared_statement_name_func": _unnamed,
+    "prepared_statement_name_func": lambda: "",
 }
 
 
@@ -167,9 +163,8 @@ def migration_engine(url: str | None = None, settings: Settings | None = None) -
     return create_engine(url, direct, poolclass=NullPool, connect_args={"command_timeout": None})
 
 
-def _on_connect(connect_args: dict[str, Any]) -> Callable[[Any, Any], None]:
+def _on_connect(connect_args: dict[str, Any], *, pooled: bool) -> Callable[[Any, Any], None]:
     started_with = dict(connect_args["server_settings"])
-    pooled = connect_args.get("prepared_statement_name_func") is _unnamed
 
     def on_connect(dbapi_connection: Any, record: Any) -> None:
         """pgvector's binary codec (numpy arrays in and out, no text parsing), and a note of
