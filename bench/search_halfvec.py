@@ -202,26 +202,16 @@ async def sweep(
 
     from app.db import create_engine
 
-    data = base.Dataset(
-        rows=np.zeros((0, 0), np.float32),
-        queries=queries,
-        channels=np.zeros(0, np.int64),
-        query_channels=np.zeros(0, np.int64),
-    )
+    cells = [scale.Cell(ef, 0) for ef in sorted({*EFS, settings.hnsw_ef_search})]
     engine = create_engine(url=to_asyncpg_url(url), settings=settings, search=True, pool_size=1)
     try:
         async with engine.connect() as conn:
             session = AsyncSession(bind=conn, expire_on_commit=False)
-            cells = [
-                await scale._app_cell(
-                    session, data, truth, ef=ef, offset=0, settings=settings, rounds=rounds
-                )
-                for ef in sorted({*EFS, settings.hnsw_ef_search})
-            ]
+            results = await scale.sweep_cells(session, queries, truth, cells, settings, rounds)
             await session.close()
     finally:
         await engine.dispose()
-    return cells
+    return [results[cell] for cell in cells]
 
 
 async def run(settings: Settings, *, quick: bool) -> dict[str, Any]:

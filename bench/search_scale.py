@@ -87,13 +87,13 @@ def hits_histogram(found: list[list[int]], truth: np.ndarray) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class _Cell:
+class Cell:
     ef: int
     offset: int
 
 
 async def _time_cell(
-    session: AsyncSession, data: base.Dataset, cell: _Cell, settings: Settings
+    session: AsyncSession, queries: np.ndarray, cell: Cell, settings: Settings
 ) -> tuple[list[float], list[list[int]]]:
     """One round of a cell: every query through the app's search, then commit, timed."""
     from app.embedding.entities import MESSAGES
@@ -101,7 +101,7 @@ async def _time_cell(
 
     tuning = replace(SearchTuning.from_settings(settings), ef_search=cell.ef)
     times, found = [], []
-    for query in data.queries:
+    for query in queries:
         began = time.perf_counter()
         page = await search(
             session, MESSAGES, query, limit=base.K, offset=cell.offset, tuning=tuning
@@ -113,21 +113,21 @@ async def _time_cell(
 
 
 async def _explain_cell(
-    session: AsyncSession, data: base.Dataset, cell: _Cell, settings: Settings
+    session: AsyncSession, queries: np.ndarray, cell: Cell, settings: Settings
 ) -> str:
     from app.embedding.entities import MESSAGES
     from app.search.semantic_search_service import SearchTuning, explain_vector_page
 
     tuning = replace(SearchTuning.from_settings(settings), ef_search=cell.ef)
     plan = await explain_vector_page(
-        session, MESSAGES, data.queries[0], limit=base.K, offset=cell.offset, tuning=tuning
+        session, MESSAGES, queries[0], limit=base.K, offset=cell.offset, tuning=tuning
     )
     await session.commit()
     return plan
 
 
 def _cell_result(
-    cell: _Cell, plan: str, latencies: list[list[float]], found: list[list[int]], truth: np.ndarray
+    cell: Cell, plan: str, latencies: list[list[float]], found: list[list[int]], truth: np.ndarray
 ) -> dict[str, Any]:
     """p50/p95 over rounds, recall of the page against the exact ranks, and the plan."""
     wanted = truth[:, cell.offset : cell.offset + base.K]
@@ -143,40 +143,54 @@ def _cell_result(
     }
 
 
+async def sweep_cells(
+    session: AsyncSession,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    cells: list[Cell],
+    settings: Settings,
+    rounds: int,
+) -> dict[Cell, dict[str, Any]]:
+    """The app's search over `cells`: every cell's plan and an untimed warm-up of 20 queries
+    first; then each round times every cell, in the order of `base.round_orders` (A..Z, then
+    Z..A), so that a slow minute of a shared machine spreads over the cells' rounds instead of
+    landing on a few cells whole (measured in session 13: the same search timed 4.9 and 6.5 ms
+    in two sweeps of one database, minutes apart)."""
+    plans = {}
+    for cell in cells:
+        plans[cell] = await _explain_cell(session, queries, cell, settings)
+        await _time_cell(session, queries[:20], cell, settings)
+    latencies: dict[Cell, list[list[float]]] = {cell: [] for cell in cells}
+    found: dict[Cell, list[list[int]]] = {}
+    for order in base.round_orders(cells, rounds):
+        for cell in order:
+            times, pages = await _time_cell(session, queries, cell, settings)
+            latencies[cell].append(times)
+            found.setdefault(cell, pages)
+    return {
+        cell: _cell_result(cell, plans[cell], latencies[cell], found[cell], truth) for cell in cells
+    }
+
+
 async def app_sweep(
     url: str, settings: Settings, data: base.Dataset, truth: np.ndarray, rounds: int
 ) -> dict[str, Any]:
-    """The service over ef_search (first page) and over offsets (default ef_search).
-
-    Every cell's plan is read first; then each round times every cell, in the order of
-    `base.round_orders` (A..Z, then Z..A), so that a slow minute of a shared machine spreads
-    over the cells' rounds instead of landing on a few cells whole (measured in session 12:
-    the same search timed 4.9 and 6.5 ms in two sweeps of one database, minutes apart).
-    """
+    """The service over ef_search (first page) and over offsets (default ef_search), after one
+    warm pass (`_warm`), every cell in every round (`sweep_cells`)."""
     from app.db import create_engine
 
-    ef_cells = [_Cell(ef, 0) for ef in sorted({*EFS, settings.hnsw_ef_search})]
-    page_cells = [_Cell(settings.hnsw_ef_search, offset) for offset in OFFSETS]
+    ef_cells = [Cell(ef, 0) for ef in sorted({*EFS, settings.hnsw_ef_search})]
+    page_cells = [Cell(settings.hnsw_ef_search, offset) for offset in OFFSETS]
     cells = list(dict.fromkeys([*ef_cells, *page_cells]))  # the first page is an ef cell too
-    latencies: dict[_Cell, list[list[float]]] = {cell: [] for cell in cells}
-    found: dict[_Cell, list[list[int]]] = {}
     engine = create_engine(url=to_asyncpg_url(url), settings=settings, search=True, pool_size=1)
     try:
         async with engine.connect() as conn:
             session = AsyncSession(bind=conn, expire_on_commit=False)
             warm_seconds = await _warm(session, data, settings)
-            plans = {cell: await _explain_cell(session, data, cell, settings) for cell in cells}
-            for order in base.round_orders(cells, rounds):
-                for cell in order:
-                    times, pages = await _time_cell(session, data, cell, settings)
-                    latencies[cell].append(times)
-                    found.setdefault(cell, pages)
+            results = await sweep_cells(session, data.queries, truth, cells, settings, rounds)
             await session.close()
     finally:
         await engine.dispose()
-    results = {
-        cell: _cell_result(cell, plans[cell], latencies[cell], found[cell], truth) for cell in cells
-    }
     return {
         "ef": [results[cell] for cell in ef_cells],
         "pages": [results[cell] for cell in page_cells],
