@@ -171,7 +171,9 @@ def test_services_stopped_by_sigint_to_its_group_leave_nothing_behind(data_dir: 
             EMBEDDING_BASE_URL=stub.base_url,
             EMBEDDING_API_KEY="k",
         )
-        for run in range(2):  # one Ctrl-C, then two (as `uv run` forwards one more)
+        # Two Ctrl-Cs first (as `uv run` forwards one more), then one: the second run also
+        # checks that a start after the harder stop finds nothing stale in the data folder.
+        for run in range(2):
             port = free_port()
             services = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "services", "--port", str(port)],
@@ -189,7 +191,7 @@ def test_services_stopped_by_sigint_to_its_group_leave_nothing_behind(data_dir: 
                 assert _cli(env, "status").returncode == 0
 
                 os.killpg(services.pid, signal.SIGINT)
-                if run:  # a second Ctrl-C, or the one a wrapper such as `uv run` forwards
+                if run == 0:  # a second Ctrl-C, or the one a wrapper such as `uv run` forwards
                     time.sleep(0.5)
                     os.killpg(services.pid, signal.SIGINT)
                 services.wait(120)
