@@ -237,10 +237,15 @@ def _where(
     entity: Entity, filters: SearchFilters, exclude: uuid.UUID | None
 ) -> tuple[str, dict[str, Any]]:
     where, params = filters.sql(entity)
-    if exclude is not None:
-        where += " AND id <> :exclude"
-        params["exclude"] = exclude
-    return where, params
+    return _excluding(where, params, exclude), params
+
+
+def _excluding(where: str, params: dict[str, Any], exclude: uuid.UUID | None) -> str:
+    """`where` without the row `exclude` (its parameter added to `params`)."""
+    if exclude is None:
+        return where
+    params["exclude"] = exclude
+    return where + " AND id <> :exclude"
 
 
 def _nearest_sql(entity: Entity, columns: str, where: str, depth: int) -> str:
@@ -416,42 +421,23 @@ def _page_statement(
     exclude: uuid.UUID | None,
     space_id: int | None,
 ) -> tuple[TextClause, dict[str, Any]]:
-    """The statement of a vector page and its parameters: what vector_page runs and
-    explain_vector_page explains."""
-    where, params = _where(entity, filters, exclude)
+    """The statement of a vector page and its parameters: what `search` runs (vector_page)
+    and explain_vector_page explains."""
+    # The not-embedded count takes the filters; the page also leaves `exclude` out.
+    count_where, params = filters.sql(entity)
+    where = _excluding(count_where, params, exclude)
     params.update(q=_bind(query), max_distance=max_distance)
     if space_id is not None:
         params["space"] = space_id
-    statement = _page_sql(
-        entity, where, filters.sql(entity)[0], limit, offset, space_id is not None
-    )
+    statement = _page_sql(entity, where, count_where, limit, offset, space_id is not None)
     return statement, params
 
 
 async def vector_page(
-    connection: AsyncConnection,
-    entity: Entity,
-    query: np.ndarray,
-    *,
-    limit: int,
-    offset: int,
-    filters: SearchFilters,
-    max_distance: float | None,
-    exclude: uuid.UUID | None = None,
-    space_id: int | None = None,
+    connection: AsyncConnection, statement: TextClause, params: dict[str, Any], *, offset: int
 ) -> tuple[list[SearchHit], int]:
-    """One vector-mode page, its rows loaded, and the not-embedded count: one statement, which
-    with `space_id` raises SpaceMoved unless that space is the active one."""
-    statement, params = _page_statement(
-        entity,
-        query,
-        limit=limit,
-        offset=offset,
-        filters=filters,
-        max_distance=max_distance,
-        exclude=exclude,
-        space_id=space_id,
-    )
+    """One vector-mode page (`_page_statement`), its rows loaded, and the not-embedded count:
+    one statement, which with a space raises SpaceMoved unless that space is the active one."""
     # On the connection: a text statement needs nothing of the ORM's execution path, which
     # costs about 0.15 ms a call (measured), a tenth of a small search.
     try:
@@ -546,8 +532,7 @@ async def search(
     ef, index_plans = await _tune(connection, entity, tuning, depth, space_id=checked_first)
     max_distance = None if threshold is None else 1.0 - threshold
     if mode == "vector":
-        hits, not_embedded = await vector_page(
-            connection,
+        statement, params = _page_statement(
             entity,
             query,
             limit=limit,
@@ -557,6 +542,7 @@ async def search(
             exclude=exclude,
             space_id=space_id,
         )
+        hits, not_embedded = await vector_page(connection, statement, params, offset=offset)
         return SearchPage(hits, mode, limit, offset, ef, not_embedded)
     nearest = await vector_candidates(
         session,
