@@ -23,7 +23,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import numpy as np
@@ -38,6 +38,9 @@ from bench import search as base
 from bench.pipeline import alembic
 from bench.scratch import scratch_database
 from bench.stats import load_average, target
+
+if TYPE_CHECKING:
+    from app.search.semantic_search_service import SearchTuning
 
 FULL = ((1_000_000, 384),)
 QUICK = ((20_000, 384),)
@@ -91,15 +94,21 @@ class Cell:
     ef: int
     offset: int
 
+    def tuning(self, settings: Settings) -> SearchTuning:
+        """The service's tuning from `settings`, at this cell's ef_search."""
+        from app.search.semantic_search_service import SearchTuning
+
+        return replace(SearchTuning.from_settings(settings), ef_search=self.ef)
+
 
 async def _time_cell(
     session: AsyncSession, queries: np.ndarray, cell: Cell, settings: Settings
 ) -> tuple[list[float], list[list[int]]]:
     """One round of a cell: every query through the app's search, then commit, timed."""
     from app.embedding.entities import MESSAGES
-    from app.search.semantic_search_service import SearchTuning, search
+    from app.search.semantic_search_service import search
 
-    tuning = replace(SearchTuning.from_settings(settings), ef_search=cell.ef)
+    tuning = cell.tuning(settings)
     times, found = [], []
     for query in queries:
         began = time.perf_counter()
@@ -116,11 +125,15 @@ async def _explain_cell(
     session: AsyncSession, queries: np.ndarray, cell: Cell, settings: Settings
 ) -> str:
     from app.embedding.entities import MESSAGES
-    from app.search.semantic_search_service import SearchTuning, explain_vector_page
+    from app.search.semantic_search_service import explain_vector_page
 
-    tuning = replace(SearchTuning.from_settings(settings), ef_search=cell.ef)
     plan = await explain_vector_page(
-        session, MESSAGES, queries[0], limit=base.K, offset=cell.offset, tuning=tuning
+        session,
+        MESSAGES,
+        queries[0],
+        limit=base.K,
+        offset=cell.offset,
+        tuning=cell.tuning(settings),
     )
     await session.commit()
     return plan
@@ -203,15 +216,9 @@ async def _warm(session: AsyncSession, data: base.Dataset, settings: Settings) -
     the first cells measure a warm server as the later ones do (the index, freshly built, is
     not in shared_buffers yet: measured before this pass, the app's first sweep at 6.4 ms
     against 4.0 ms for the bare query's sweep after it at the same ef_search)."""
-    from app.embedding.entities import MESSAGES
-    from app.search.semantic_search_service import SearchTuning, search
-
     began = time.perf_counter()
-    for ef, offset in ((max(EFS), 0), (settings.hnsw_ef_search, max(OFFSETS))):
-        tuning = replace(SearchTuning.from_settings(settings), ef_search=ef)
-        for query in data.queries:
-            await search(session, MESSAGES, query, limit=base.K, offset=offset, tuning=tuning)
-            await session.commit()
+    for cell in (Cell(max(EFS), 0), Cell(settings.hnsw_ef_search, max(OFFSETS))):
+        await _time_cell(session, data.queries, cell, settings)
     return round(time.perf_counter() - began, 1)
 
 
